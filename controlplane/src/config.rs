@@ -1,0 +1,95 @@
+//! The control plane's configuration: flags with environment twins, validated once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use dtable_core::cli::EtcdArgs;
+use dtable_core::config::ConfigError;
+use dtable_core::etcd::EtcdOptions;
+use dtable_core::{KeyLayout, LeaseTiming};
+
+/// Command-line flags of `dtable-controlplane`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dtable-controlplane",
+    version,
+    about = "Leader-elected placement of the 256 buckets over the registered dtable-servers"
+)]
+pub struct Args {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub etcd: EtcdArgs,
+    /// TTL of the leader's election lease, seconds (at least 3). A dead leader is replaced
+    /// after about this long.
+    #[arg(long, env = "DTABLE_ELECTION_TTL", default_value_t = 10)]
+    pub election_ttl: i64,
+    /// gRPC API listen address.
+    #[arg(long, env = "DTABLE_GRPC_LISTEN", default_value = "0.0.0.0:5580")]
+    pub grpc_listen: SocketAddr,
+    /// HTTP API, metrics and health listen address.
+    #[arg(long, env = "DTABLE_HTTP_LISTEN", default_value = "0.0.0.0:5581")]
+    pub http_listen: SocketAddr,
+    /// This instance's name in the election; defaults to hostname-pid.
+    #[arg(long, env = "DTABLE_INSTANCE_NAME")]
+    pub name: Option<String>,
+    /// How long to wait for a burst of membership changes to settle before placing, in ms.
+    #[arg(long, env = "DTABLE_DEBOUNCE_MS", default_value_t = 200)]
+    pub debounce_ms: u64,
+    /// How often the leader re-checks the whole assignment to repair drift, in seconds.
+    #[arg(long, env = "DTABLE_REPAIR_INTERVAL", default_value_t = 5)]
+    pub repair_interval: u64,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// How to reach etcd.
+    pub etcd: EtcdOptions,
+    /// Key layout (namespace).
+    pub keys: KeyLayout,
+    /// Election lease TTL, seconds.
+    pub election_ttl: i64,
+    /// gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Instance name.
+    pub name: String,
+    /// Debounce of view changes.
+    pub debounce: Duration,
+    /// Period of full repairs.
+    pub repair_interval: Duration,
+}
+
+impl Args {
+    /// Validates the flags.
+    pub fn into_config(self) -> Result<ControlPlaneConfig, ConfigError> {
+        let file = self.etcd.seatable()?;
+        let (etcd, keys) = self.etcd.resolve(&file)?;
+        LeaseTiming::new(self.election_ttl)
+            .map_err(|e| ConfigError::field("--election-ttl", e.to_string()))?;
+        if self.repair_interval == 0 {
+            return Err(ConfigError::field(
+                "--repair-interval",
+                "must be at least 1 second",
+            ));
+        }
+        let name = self.name.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "controlplane".into());
+            format!("{host}-{}", std::process::id())
+        });
+        Ok(ControlPlaneConfig {
+            etcd,
+            keys,
+            election_ttl: self.election_ttl,
+            grpc_listen: self.grpc_listen,
+            http_listen: self.http_listen,
+            name,
+            debounce: Duration::from_millis(self.debounce_ms),
+            repair_interval: Duration::from_secs(self.repair_interval),
+        })
+    }
+}

@@ -1,0 +1,77 @@
+//! dtable-controlplane: the cluster monitor. Every instance watches the cluster; one, elected
+//! through etcd, places the 256 buckets over the registered servers and writes `assign-<xx>`
+//! with guarded transactions. Every instance serves the read API from its own watch cache.
+
+pub mod api;
+pub mod config;
+pub mod election;
+pub mod leader;
+pub mod writer;
+
+use dtable_core::etcd::{ClusterWatch, EtcdError, connect};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Args, ControlPlaneConfig};
+
+/// Why the control plane stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    /// etcd could not be reached at start-up.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs one control-plane instance until `shutdown`.
+pub async fn run(
+    cfg: ControlPlaneConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), ControlPlaneError> {
+    let client = connect(&cfg.etcd).await?;
+    let http = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|source| ControlPlaneError::Listen {
+            addr: cfg.http_listen,
+            source,
+        })?;
+    let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .map_err(|source| ControlPlaneError::Listen {
+            addr: cfg.grpc_listen,
+            source,
+        })?;
+
+    let (watcher, view_rx) = ClusterWatch::new(client.clone(), cfg.keys.clone());
+    let (is_leader_tx, is_leader_rx) = watch::channel(false);
+    let state = api::ApiState {
+        view_rx: view_rx.clone(),
+        is_leader_rx,
+        client: client.clone(),
+        keys: cfg.keys.clone(),
+        name: cfg.name.clone(),
+        metrics,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watcher.run(shutdown.clone()));
+    tasks.spawn(election::run_election(
+        client,
+        cfg,
+        view_rx,
+        is_leader_tx,
+        shutdown.clone(),
+    ));
+    tasks.spawn(api::serve_http(http, state.clone(), shutdown.clone()));
+    tasks.spawn(api::serve_grpc(grpc, state, shutdown.clone()));
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

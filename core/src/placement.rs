@@ -1,0 +1,175 @@
+//! Placement: a pure function from (current assignment, eligible nodes, policy) to
+//! (new assignment, moves). No I/O, so the control plane rebuilds it from etcd at any time and
+//! plain tests can prove its properties.
+//!
+//! Each eligible node ends with floor or ceil of `256 * weight / total_weight` buckets. The
+//! spare ceil slots go to the nodes that already hold more than their floor, most first, so
+//! that as few buckets as possible move. A bucket stays where it is unless its node is gone,
+//! ineligible, or over its target.
+
+use std::collections::BTreeMap;
+
+use crate::bucket::{BUCKET_COUNT, Bucket};
+use crate::node::NodeId;
+
+/// Who owns each bucket: index = bucket number; `None` = unassigned.
+pub type Table = Vec<Option<NodeId>>;
+
+/// A node that may hold buckets, with its relative weight (at least 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Eligible {
+    /// The node.
+    pub node: NodeId,
+    /// Relative share; a node of weight 2 gets twice the buckets of a node of weight 1.
+    pub weight: u32,
+}
+
+/// Knobs of the placement.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// At most this many moves between live nodes per run (orphans are always placed);
+    /// `None` for no cap.
+    pub max_rebalance_moves: Option<usize>,
+}
+
+/// One bucket changing hands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    /// The bucket.
+    pub bucket: Bucket,
+    /// Its owner before; `None` when it was unassigned.
+    pub from: Option<NodeId>,
+    /// Its owner after; `None` when no node is eligible.
+    pub to: Option<NodeId>,
+}
+
+/// The result of a placement run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The assignment to write.
+    pub table: Table,
+    /// The buckets whose owner changes, in bucket order.
+    pub moves: Vec<Move>,
+}
+
+/// How many buckets each node should hold: floor or ceil of its weighted share, summing to
+/// 256, with the spare ceil slots given to the nodes holding the most above their floor
+/// (ties by node id). `nodes` must be free of duplicates.
+pub fn targets(current: &[Option<NodeId>], nodes: &[Eligible]) -> BTreeMap<NodeId, usize> {
+    let total: u64 = nodes.iter().map(|n| u64::from(n.weight)).sum();
+    if total == 0 {
+        return BTreeMap::new();
+    }
+    let mut held: BTreeMap<&NodeId, usize> = BTreeMap::new();
+    for owner in current.iter().flatten() {
+        *held.entry(owner).or_default() += 1;
+    }
+    let buckets = BUCKET_COUNT as u64;
+    let mut out = BTreeMap::new();
+    // (excess over floor, node) for the nodes whose share is fractional, so ceil = floor + 1.
+    let mut fractional = Vec::new();
+    let mut assigned = 0usize;
+    for n in nodes {
+        let share = buckets * u64::from(n.weight);
+        let floor = (share / total) as usize;
+        if !share.is_multiple_of(total) {
+            let have = held.get(&n.node).copied().unwrap_or(0);
+            fractional.push((have.saturating_sub(floor), &n.node));
+        }
+        assigned += floor;
+        out.insert(n.node.clone(), floor);
+    }
+    // Most excess first; ties by node id, ascending.
+    fractional.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let spare = BUCKET_COUNT - assigned;
+    for (_, node) in fractional.into_iter().take(spare) {
+        *out.get_mut(node).expect("target exists") += 1;
+    }
+    out
+}
+
+/// Places the 256 buckets over `nodes`, moving as few as possible.
+///
+/// `current` has one slot per bucket and may name nodes that are unknown or ineligible; their
+/// buckets are re-placed. Deterministic, and idempotent: placing its own output moves nothing.
+pub fn place(current: &[Option<NodeId>], nodes: &[Eligible], policy: &Policy) -> Placement {
+    assert_eq!(
+        current.len(),
+        BUCKET_COUNT,
+        "a table has one slot per bucket"
+    );
+    let mut nodes: Vec<Eligible> = nodes.to_vec();
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    nodes.dedup_by(|a, b| a.node == b.node);
+    let target = targets(current, &nodes);
+
+    let mut table: Table = vec![None; BUCKET_COUNT];
+    let mut kept: BTreeMap<&NodeId, usize> = BTreeMap::new();
+    let mut free = Vec::new();
+    let mut surplus = Vec::new();
+    for (i, owner) in current.iter().enumerate() {
+        match owner.as_ref().and_then(|o| target.get_key_value(o)) {
+            Some((node, &want)) => {
+                let have = kept.entry(node).or_default();
+                if *have < want {
+                    *have += 1;
+                    table[i] = Some(node.clone());
+                } else {
+                    surplus.push(i);
+                }
+            }
+            None => free.push(i),
+        }
+    }
+
+    // Surplus buckets of live nodes move only within the policy's cap; the rest stay put,
+    // over target, until a later run.
+    let cap = policy.max_rebalance_moves.unwrap_or(usize::MAX);
+    for (n, i) in surplus.into_iter().enumerate() {
+        if n < cap {
+            free.push(i);
+        } else {
+            let owner = current[i].clone().expect("surplus has an owner");
+            *kept
+                .entry(target.get_key_value(&owner).expect("live").0)
+                .or_default() += 1;
+            table[i] = Some(owner);
+        }
+    }
+    free.sort_unstable();
+
+    // Hand the free buckets to the nodes furthest below target, ties by node id.
+    let mut deficit: Vec<(usize, &NodeId)> = target
+        .iter()
+        .map(|(node, &want)| {
+            (
+                want.saturating_sub(kept.get(node).copied().unwrap_or(0)),
+                node,
+            )
+        })
+        .filter(|(d, _)| *d > 0)
+        .collect();
+    for i in free {
+        deficit.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        match deficit.first_mut() {
+            Some((d, node)) if *d > 0 => {
+                *d -= 1;
+                table[i] = Some((*node).clone());
+            }
+            _ => table[i] = None,
+        }
+    }
+
+    let moves = Bucket::all()
+        .filter(|b| current[b.index()] != table[b.index()])
+        .map(|b| Move {
+            bucket: b,
+            from: current[b.index()].clone(),
+            to: table[b.index()].clone(),
+        })
+        .collect();
+    Placement { table, moves }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,329 @@
+//! The cluster view: what etcd says about nodes, the assignment and moves at one revision.
+//! Built from key-value events without I/O; the watch loop feeds it and publishes snapshots.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::bucket::{BUCKET_COUNT, Bucket};
+use crate::keys::{KeyKind, KeyLayout};
+use crate::node::{NodeId, NodeRecord};
+
+/// A live node registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The record as registered.
+    pub record: NodeRecord,
+    /// The etcd lease the key is attached to (0 for none).
+    pub lease: i64,
+    /// Revision the key was created at: tells a re-registration from the previous one.
+    pub create_revision: i64,
+    /// Revision of the last change, for guarded writes.
+    pub mod_revision: i64,
+}
+
+/// The value of one `assign-<xx>` key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssignEntry {
+    /// The owner, when the value is a well-formed node id.
+    pub owner: Option<NodeId>,
+    /// The value as stored, for logs.
+    pub raw: String,
+    /// mod_revision of the key: the bucket's fencing epoch, and the guard for rewriting it.
+    pub mod_revision: i64,
+}
+
+/// A planned move in flight (`dtable-cluster/moves/<xx>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveEntry {
+    /// Current owner, releasing.
+    pub from: String,
+    /// Next owner, acquiring.
+    pub to: String,
+    /// Wall-clock start, for humans only.
+    pub started_at: String,
+    /// The move id.
+    pub create_revision: i64,
+    /// For guarded deletes.
+    pub mod_revision: i64,
+}
+
+/// A value that could not be understood. The view leaves it out (or keeps the key's revision
+/// only) and goes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Corrupt {
+    /// The full key.
+    pub key: String,
+    /// Its mod_revision, so each bad value is reported once.
+    pub mod_revision: i64,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// Everything the cluster's processes need to know, at one etcd revision. Immutable once
+/// published; readers hold an `Arc` of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The etcd revision this view reflects.
+    pub revision: i64,
+    /// Registered nodes with well-formed records.
+    pub nodes: BTreeMap<NodeId, NodeEntry>,
+    /// One slot per bucket; `None` when the key is missing.
+    pub assignment: Vec<Option<AssignEntry>>,
+    /// Moves in flight.
+    pub moves: BTreeMap<Bucket, MoveEntry>,
+    /// Other keys under `dtable-cluster/` (relative key → (value, mod_revision)).
+    pub cluster_keys: BTreeMap<String, (Vec<u8>, i64)>,
+    /// mod_revision of each key present but unreadable, so a writer can still guard on it.
+    pub corrupt_keys: BTreeMap<String, i64>,
+}
+
+impl Default for ClusterView {
+    fn default() -> Self {
+        ClusterView {
+            revision: 0,
+            nodes: BTreeMap::new(),
+            assignment: vec![None; BUCKET_COUNT],
+            moves: BTreeMap::new(),
+            cluster_keys: BTreeMap::new(),
+            corrupt_keys: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where a bucket's requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner<'a> {
+    /// The owning node.
+    pub node: &'a NodeEntry,
+    /// The bucket's epoch (mod_revision of `assign-<xx>`).
+    pub epoch: i64,
+}
+
+#[derive(Deserialize)]
+struct MoveJson {
+    from: String,
+    to: String,
+    #[serde(default)]
+    started_at: String,
+}
+
+impl ClusterView {
+    /// The live owner of a bucket: assigned to a node that is registered.
+    pub fn owner(&self, bucket: Bucket) -> Option<Owner<'_>> {
+        let a = self.assignment[bucket.index()].as_ref()?;
+        let node = self.nodes.get(a.owner.as_ref()?)?;
+        Some(Owner {
+            node,
+            epoch: a.mod_revision,
+        })
+    }
+
+    /// The assignment as a placement table: the owner named by each key, live or not.
+    pub fn table(&self) -> Vec<Option<NodeId>> {
+        self.assignment
+            .iter()
+            .map(|a| a.as_ref().and_then(|a| a.owner.clone()))
+            .collect()
+    }
+
+    /// How many buckets each registered node holds.
+    pub fn bucket_counts(&self) -> BTreeMap<&NodeId, usize> {
+        let mut c: BTreeMap<&NodeId, usize> = self.nodes.keys().map(|n| (n, 0)).collect();
+        for a in self.assignment.iter().flatten() {
+            if let Some(n) = a.owner.as_ref().and_then(|o| c.get_mut(o)) {
+                *n += 1;
+            }
+        }
+        c
+    }
+
+    /// Buckets whose key names a node that is not registered (or is malformed): the state
+    /// right after a node died, or damage to repair.
+    pub fn orphaned(&self) -> Vec<(Bucket, &AssignEntry)> {
+        Bucket::all()
+            .filter_map(|b| self.assignment[b.index()].as_ref().map(|a| (b, a)))
+            .filter(|(_, a)| a.owner.as_ref().is_none_or(|o| !self.nodes.contains_key(o)))
+            .collect()
+    }
+
+    /// Applies a put. A value that cannot be understood is left out of the view and returned.
+    pub fn put(
+        &mut self,
+        keys: &KeyLayout,
+        key: &str,
+        value: &[u8],
+        kv: KvMeta,
+    ) -> Result<(), Corrupt> {
+        let corrupt = |problem: String| Corrupt {
+            key: key.to_owned(),
+            mod_revision: kv.mod_revision,
+            problem,
+        };
+        // A new value replaces whatever was there, readable or not.
+        self.delete(keys, key);
+        let result = match keys.classify(key) {
+            KeyKind::Node(id) => match NodeRecord::from_json(&id, value) {
+                Ok(record) => {
+                    let entry = NodeEntry {
+                        record,
+                        lease: kv.lease,
+                        create_revision: kv.create_revision,
+                        mod_revision: kv.mod_revision,
+                    };
+                    self.nodes.insert(entry.record.node_id.clone(), entry);
+                    Ok(())
+                }
+                Err(e) => Err(corrupt(e.to_string())),
+            },
+            KeyKind::Assign(b) => {
+                let raw = String::from_utf8_lossy(value).into_owned();
+                let owner = NodeId::new(raw.clone());
+                let problem = owner.as_ref().err().map(|e| e.to_string());
+                let owner = owner.ok();
+                self.assignment[b.index()] = Some(AssignEntry {
+                    owner,
+                    raw,
+                    mod_revision: kv.mod_revision,
+                });
+                problem.map_or(Ok(()), |p| Err(corrupt(p)))
+            }
+            KeyKind::BadAssign(_) => Err(corrupt("not a bucket: want assign-00..assign-ff".into())),
+            KeyKind::Move(b) => match serde_json::from_slice::<MoveJson>(value) {
+                Ok(m) => {
+                    let entry = MoveEntry {
+                        from: m.from,
+                        to: m.to,
+                        started_at: m.started_at,
+                        create_revision: kv.create_revision,
+                        mod_revision: kv.mod_revision,
+                    };
+                    self.moves.insert(b, entry);
+                    Ok(())
+                }
+                Err(e) => Err(corrupt(format!("bad move record: {e}"))),
+            },
+            KeyKind::Cluster(rest) => {
+                self.cluster_keys
+                    .insert(rest, (value.to_vec(), kv.mod_revision));
+                Ok(())
+            }
+            KeyKind::Other => Ok(()),
+        };
+        if result.is_err() {
+            self.corrupt_keys.insert(key.to_owned(), kv.mod_revision);
+        }
+        result
+    }
+
+    /// Applies a delete.
+    pub fn delete(&mut self, keys: &KeyLayout, key: &str) {
+        self.corrupt_keys.remove(key);
+        match keys.classify(key) {
+            KeyKind::Node(id) => {
+                self.nodes.retain(|n, _| n.as_str() != id);
+            }
+            KeyKind::Assign(b) => self.assignment[b.index()] = None,
+            KeyKind::Move(b) => {
+                self.moves.remove(&b);
+            }
+            KeyKind::Cluster(rest) => {
+                self.cluster_keys.remove(&rest);
+            }
+            KeyKind::BadAssign(_) | KeyKind::Other => {}
+        }
+    }
+}
+
+/// The etcd metadata of a key-value pair that the view keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvMeta {
+    /// Revision the key was created at.
+    pub create_revision: i64,
+    /// Revision of its last change.
+    pub mod_revision: i64,
+    /// Its lease, 0 for none.
+    pub lease: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(rev: i64) -> KvMeta {
+        KvMeta {
+            create_revision: rev,
+            mod_revision: rev,
+            lease: 7,
+        }
+    }
+
+    fn record(id: &str) -> Vec<u8> {
+        format!(
+            r#"{{"node_id":"{id}","node_url":"http://{id}/","local_node_url":"http://{id}:5000/"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn owner_needs_a_live_node() {
+        let k = KeyLayout::default();
+        let mut v = ClusterView::default();
+        v.put(&k, "assign-0a", b"dtable-server-a", meta(5)).unwrap();
+        assert!(v.owner(Bucket(0x0a)).is_none());
+        assert_eq!(v.orphaned().len(), 1);
+        v.put(&k, "dtable-server-a", &record("dtable-server-a"), meta(6))
+            .unwrap();
+        let o = v.owner(Bucket(0x0a)).unwrap();
+        assert_eq!(o.epoch, 5);
+        assert_eq!(o.node.record.local_node_url, "http://dtable-server-a:5000/");
+        assert!(v.orphaned().is_empty());
+        v.delete(&k, "dtable-server-a");
+        assert!(v.owner(Bucket(0x0a)).is_none());
+    }
+
+    #[test]
+    fn corrupt_values_are_reported_and_skipped() {
+        let k = KeyLayout::default();
+        let mut v = ClusterView::default();
+        let e = v.put(&k, "dtable-server-b", b"{oops", meta(3)).unwrap_err();
+        assert_eq!(e.key, "dtable-server-b");
+        assert!(v.nodes.is_empty());
+        assert_eq!(v.corrupt_keys.get("dtable-server-b"), Some(&3));
+
+        let e = v.put(&k, "assign-01", b"garbage", meta(4)).unwrap_err();
+        assert!(e.problem.contains("dtable-server-"), "{}", e.problem);
+        assert_eq!(v.assignment[1].as_ref().unwrap().mod_revision, 4);
+        assert_eq!(v.orphaned().len(), 1);
+
+        // A good value replaces the bad one.
+        v.put(&k, "dtable-server-b", &record("dtable-server-b"), meta(8))
+            .unwrap();
+        assert!(!v.corrupt_keys.contains_key("dtable-server-b"));
+        assert_eq!(v.nodes.len(), 1);
+        assert!(v.put(&k, "assign-zz", b"dtable-server-b", meta(9)).is_err());
+        assert!(
+            v.put(&k, "dtable-cluster/moves/01", b"[]", meta(9))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn moves_and_cluster_keys() {
+        let k = KeyLayout::new("ns/");
+        let mut v = ClusterView::default();
+        v.put(
+            &k,
+            "ns/dtable-cluster/moves/ff",
+            br#"{"from":"a","to":"b","started_at":"t"}"#,
+            meta(10),
+        )
+        .unwrap();
+        assert_eq!(v.moves[&Bucket(0xff)].create_revision, 10);
+        v.put(&k, "ns/dtable-cluster/election/x", b"me", meta(11))
+            .unwrap();
+        assert_eq!(v.cluster_keys["election/x"].0, b"me");
+        v.delete(&k, "ns/dtable-cluster/moves/ff");
+        assert!(v.moves.is_empty());
+    }
+}

@@ -1,0 +1,1 @@
+//! dtable-proxy: routes each request to the server owning its base's bucket (not built yet).

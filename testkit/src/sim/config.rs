@@ -1,0 +1,125 @@
+//! The sim binary's configuration: flags with `DTABLE_SIM_*` environment twins, validated
+//! once at start-up.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use clap::error::{ContextKind, ErrorKind};
+
+/// Exit status for invalid configuration (`EX_USAGE`), as every dtable-cluster binary uses.
+pub const CONFIG_EXIT_CODE: i32 = 64;
+
+/// Configuration of `dtable-server-sim`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dtable-server-sim",
+    version,
+    about = "A stand-in dtable-server for tests"
+)]
+pub struct SimConfig {
+    /// Address to serve HTTP on (port 0 picks a free port).
+    #[arg(long, env = "DTABLE_SIM_LISTEN", default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+
+    /// This server's node id, sent back in `X-Dtable-Node` on every response.
+    #[arg(long, env = "DTABLE_SIM_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: String,
+}
+
+impl SimConfig {
+    /// Parses the process's arguments and environment. Prints help or version and exits 0
+    /// when asked; on invalid configuration prints one line naming the bad field and exits
+    /// with [`CONFIG_EXIT_CODE`].
+    pub fn parse_or_exit() -> SimConfig {
+        match SimConfig::try_parse() {
+            Ok(config) => config,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                ) =>
+            {
+                err.exit()
+            }
+            Err(err) => {
+                eprintln!("{}", one_line(&err));
+                std::process::exit(CONFIG_EXIT_CODE);
+            }
+        }
+    }
+}
+
+/// A node id must be usable as a header value: non-empty visible ASCII.
+fn parse_node_id(value: &str) -> Result<String, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be non-empty visible ASCII without spaces".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// One line naming the bad field, e.g.
+/// `invalid configuration: --node-id <NODE_ID>: missing required argument`.
+fn one_line(err: &clap::Error) -> String {
+    let kind = err.kind().as_str().unwrap_or("invalid argument");
+    let arg = err.get(ContextKind::InvalidArg).map(ToString::to_string);
+    let value = err.get(ContextKind::InvalidValue).map(ToString::to_string);
+    let cause = std::error::Error::source(err).map(ToString::to_string);
+    match (arg, value) {
+        (Some(arg), Some(value)) => {
+            let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
+            format!("invalid configuration: {arg}: {kind} {value:?}{cause}")
+        }
+        (Some(arg), None) => format!("invalid configuration: {arg}: {kind}"),
+        _ => {
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or(kind);
+            format!(
+                "invalid configuration: {}",
+                first.trim_start_matches("error: ")
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_line(args: &[&str]) -> String {
+        let err = SimConfig::try_parse_from(args).expect_err("invalid");
+        one_line(&err)
+    }
+
+    #[test]
+    fn parses_flags() {
+        let config = SimConfig::try_parse_from([
+            "sim",
+            "--node-id",
+            "dtable-server-a",
+            "--listen",
+            "0.0.0.0:1",
+        ])
+        .expect("valid");
+        assert_eq!(config.node_id, "dtable-server-a");
+        assert_eq!(config.listen, "0.0.0.0:1".parse().unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let line = error_line(&["sim"]);
+        assert!(line.contains("--node-id"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+
+        let line = error_line(&["sim", "--node-id", "x", "--listen", "nope"]);
+        assert!(line.contains("--listen") && line.contains("nope"), "{line}");
+
+        let line = error_line(&["sim", "--node-id", "a b"]);
+        assert!(
+            line.contains("--node-id") && line.contains("visible ASCII"),
+            "{line}"
+        );
+
+        let line = error_line(&["sim", "--node-id", "x", "--bogus"]);
+        assert!(line.contains("--bogus"), "{line}");
+    }
+}

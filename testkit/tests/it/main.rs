@@ -1,0 +1,11 @@
+//! Integration tests of the test harness itself: real etcd members, real child processes and
+//! the sim binary, in one test binary.
+
+mod etcd;
+mod process;
+mod sim;
+
+/// `&["a", "b"]` as the owned argument list [`dtable_testkit::Proc::spawn`] takes.
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
