@@ -55,7 +55,7 @@ pub async fn register(
         let resp = call(client.txn(txn)).await?;
         if resp.succeeded() {
             let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-            tracing::info!(node_id = %cfg.node_id, lease, revision, "registered");
+            tracing::info!(node_id = %cfg.node_id, lease = format!("{lease:x}"), revision, "registered");
             return Ok(revision);
         }
         let holder = resp.op_responses().into_iter().find_map(|op| match op {

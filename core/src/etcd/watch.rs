@@ -181,7 +181,7 @@ impl ClusterWatch {
             .filter(|c| !self.reported.contains(&(c.key.clone(), c.mod_revision)))
             .collect();
         if !orphans.is_empty() {
-            metrics::counter!("dtable_view_corrupt_values_total", "kind" => "unknown_node")
+            metrics::counter!("dtable_view_corrupt_values_total", "kind" => "unregistered_node")
                 .increment(orphans.len() as u64);
             let sample: Vec<String> = orphans
                 .iter()
