@@ -28,7 +28,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let stop = shutdown.child_token();
+        // Stopped explicitly, after shutdown is handled, so a shutdown never looks like a lost lease.
+        let stop = CancellationToken::new();
         let (lease, mut lease_rx, _keeper) = match start_lease(&client, cfg.lease_ttl, stop.clone())
             .await
         {
@@ -56,6 +57,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         }
         metrics::gauge!("dtable_agent_registered").set(1.0);
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => {
                 stop.cancel();
                 revoke(&client, lease).await;

@@ -22,7 +22,8 @@ pub async fn run_election(
 ) {
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
-        let stop = shutdown.child_token();
+        // Stopped explicitly, after shutdown is handled, so a shutdown never looks like a lost lease.
+        let stop = CancellationToken::new();
         let (keeper, mut lease_rx) = match LeaseKeeper::grant(&client, cfg.election_ttl).await {
             Ok(k) => k,
             Err(e) => {
@@ -36,6 +37,7 @@ pub async fn run_election(
         let mut c = client.clone();
         let campaign = c.campaign(cfg.keys.election(), cfg.name.clone(), lease);
         let won = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => None,
             _ = lease_lost(&mut lease_rx) => None,
             r = campaign => match r {

@@ -129,6 +129,7 @@ pub async fn lead(
             next_repair = Instant::now() + timers.repair_interval;
         }
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return Stepdown::Shutdown,
             _ = lease_lost(&mut lease_rx) => return Stepdown::LeaseLost,
             changed = view_rx.changed() => {

@@ -76,6 +76,9 @@ pub struct ClusterView {
     pub cluster_keys: BTreeMap<String, (Vec<u8>, i64)>,
     /// mod_revision of each key present but unreadable, so a writer can still guard on it.
     pub corrupt_keys: BTreeMap<String, i64>,
+    /// How many full lists the watch has done: 1 after the first, one more after each
+    /// compaction that forced a re-list. Diagnostics only.
+    pub lists: u64,
 }
 
 impl Default for ClusterView {
@@ -87,6 +90,7 @@ impl Default for ClusterView {
             moves: BTreeMap::new(),
             cluster_keys: BTreeMap::new(),
             corrupt_keys: BTreeMap::new(),
+            lists: 0,
         }
     }
 }

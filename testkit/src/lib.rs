@@ -6,14 +6,17 @@
 //! process or directory a helper creates is cleaned up when its owner is dropped. Set
 //! `DTABLE_TESTKIT_KEEP=1` to keep the scratch directories (data dirs, logs) for a post-mortem.
 
+pub mod cluster;
 pub mod etcd;
 pub mod http;
 pub mod process;
+pub mod relay;
 pub mod scratch;
 pub mod sim;
 pub mod wait;
 
 pub use etcd::Etcd;
 pub use process::{Proc, bin_path, run_to_exit};
+pub use relay::Relay;
 pub use scratch::scratch_dir;
 pub use wait::{free_port, free_ports, wait_until};

@@ -1,5 +1,6 @@
 //! The cluster watch: a small state machine that lists the view's key range at a revision,
-//! watches from the next revision, and re-lists after a compaction or a broken stream. Each
+//! watches from the next revision, resumes from the last revision seen when the stream
+//! breaks, and re-lists only when that revision has been compacted away. Each
 //! change is published as a new immutable `Arc<ClusterView>` on a `tokio::sync::watch`
 //! channel, so readers borrow the latest snapshot without locks or etcd round trips.
 
@@ -24,6 +25,8 @@ pub struct ClusterWatch {
     view_tx: watch::Sender<Arc<ClusterView>>,
     /// (key, mod_revision) of every bad value already logged, so each is logged once.
     reported: HashSet<(String, i64)>,
+    /// Full lists done so far.
+    lists: u64,
 }
 
 /// Why the watch must start over from a fresh list.
@@ -44,6 +47,7 @@ impl ClusterWatch {
                 keys,
                 view_tx,
                 reported: HashSet::new(),
+                lists: 0,
             },
             view_rx,
         )
@@ -54,18 +58,21 @@ impl ClusterWatch {
         self.view_tx.subscribe()
     }
 
-    /// Runs until `shutdown`: list, watch, and on any trouble back off and list again.
+    /// Runs until `shutdown`: list, watch, resume after a broken stream (with back-off), and
+    /// list again after a compaction.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = super::Backoff::default();
+        // The view being maintained; `None` forces a fresh list.
+        let mut current: Option<ClusterView> = None;
         loop {
             let restart = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.list_and_watch() => r,
+                r = self.session(&mut current) => r,
             };
             match restart {
                 Restart::Compacted(rev) => {
-                    metrics::counter!("dtable_view_relists_total", "cause" => "compacted")
-                        .increment(1);
+                    current = None;
+                    metrics::counter!("dtable_view_relists_total").increment(1);
                     tracing::info!(
                         compact_revision = rev,
                         "watch revision compacted; re-listing"
@@ -73,45 +80,28 @@ impl ClusterWatch {
                     backoff.reset();
                 }
                 Restart::Broken(why) => {
-                    metrics::counter!("dtable_view_relists_total", "cause" => "broken")
-                        .increment(1);
-                    tracing::warn!(error = %why, retry_in_ms = backoff.peek().as_millis() as u64, "cluster watch broken; re-listing");
+                    metrics::counter!("dtable_view_watch_breaks_total").increment(1);
+                    tracing::warn!(error = %why, retry_in_ms = backoff.peek().as_millis() as u64, "cluster watch broken; resuming");
                     backoff.wait(&shutdown).await;
                 }
             }
         }
     }
 
-    async fn list_and_watch(&mut self) -> Restart {
+    /// One watch session: list if there is no view to resume from, then watch from the view's
+    /// revision + 1 until the stream ends.
+    async fn session(&mut self, current: &mut Option<ClusterView>) -> Restart {
         let (start, end) = self.keys.view_range();
-        let listed = timeout(
-            super::CALL_TIMEOUT,
-            self.client.get(
-                start.as_bytes(),
-                Some(GetOptions::new().with_range(end.as_bytes())),
-            ),
-        )
-        .await;
-        let resp = match listed {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Restart::Broken(format!("list: {e}")),
-            Err(_) => return Restart::Broken("list timed out".into()),
+        let view = match current {
+            Some(view) => view,
+            None => match self.list(&start, &end).await {
+                Ok(view) => current.insert(view),
+                Err(why) => return Restart::Broken(why),
+            },
         };
-        let Some(revision) = resp.header().map(|h| h.revision()) else {
-            return Restart::Broken("list answer without a header".into());
-        };
-        let mut view = ClusterView {
-            revision,
-            ..ClusterView::default()
-        };
-        for kv in resp.kvs() {
-            self.apply_put(&mut view, kv);
-        }
-        self.publish(view.clone());
-
         let opts = WatchOptions::new()
             .with_range(end.as_bytes())
-            .with_start_revision(revision + 1);
+            .with_start_revision(view.revision + 1);
         let mut stream = match self.client.watch(start.as_bytes(), Some(opts)).await {
             Ok(s) => s,
             Err(e) => return Restart::Broken(format!("watch: {e}")),
@@ -134,7 +124,7 @@ impl ClusterWatch {
             for ev in msg.events() {
                 let Some(kv) = ev.kv() else { continue };
                 match ev.event_type() {
-                    EventType::Put => self.apply_put(&mut view, kv),
+                    EventType::Put => self.apply_put(view, kv),
                     EventType::Delete => {
                         view.delete(&self.keys, &String::from_utf8_lossy(kv.key()))
                     }
@@ -145,6 +135,37 @@ impl ClusterWatch {
             }
             self.publish(view.clone());
         }
+    }
+
+    /// Lists the whole range at one revision into a fresh view and publishes it.
+    async fn list(&mut self, start: &str, end: &str) -> Result<ClusterView, String> {
+        let listed = timeout(
+            super::CALL_TIMEOUT,
+            self.client.get(
+                start.as_bytes(),
+                Some(GetOptions::new().with_range(end.as_bytes())),
+            ),
+        )
+        .await;
+        let resp = match listed {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(format!("list: {e}")),
+            Err(_) => return Err("list timed out".into()),
+        };
+        let Some(revision) = resp.header().map(|h| h.revision()) else {
+            return Err("list answer without a header".into());
+        };
+        self.lists += 1;
+        let mut view = ClusterView {
+            revision,
+            lists: self.lists,
+            ..ClusterView::default()
+        };
+        for kv in resp.kvs() {
+            self.apply_put(&mut view, kv);
+        }
+        self.publish(view.clone());
+        Ok(view)
     }
 
     fn apply_put(&mut self, view: &mut ClusterView, kv: &KeyValue) {

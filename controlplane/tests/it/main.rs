@@ -1,0 +1,11 @@
+//! Scenarios of agents and control planes as real processes against a real etcd.
+
+mod config;
+mod election;
+mod membership;
+mod repair;
+
+use std::time::Duration;
+
+/// Generous bound for anything that should happen "within a second or two" on a loaded box.
+pub const SETTLE: Duration = Duration::from_secs(20);
