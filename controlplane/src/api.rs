@@ -9,11 +9,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use dtable_core::etcd::ViewRx;
+use dtable_core::view::Lookup;
 use dtable_core::{Bucket, ClusterView, KeyLayout};
 use dtable_proto::v1 as pb;
 use etcd_client::Client;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -78,16 +78,6 @@ impl From<ApiError> for tonic::Status {
     }
 }
 
-/// Where a base lives.
-#[derive(Serialize)]
-pub struct LookupAnswer {
-    bucket: String,
-    node_id: Option<String>,
-    node_url: Option<String>,
-    local_node_url: Option<String>,
-    epoch: i64,
-}
-
 impl ApiState {
     fn view(&self) -> Result<Arc<ClusterView>, ApiError> {
         let view = self.view_rx.borrow().clone();
@@ -98,17 +88,9 @@ impl ApiState {
     }
 
     /// Looks a base up in the view.
-    pub fn lookup(&self, uuid: &str) -> Result<LookupAnswer, ApiError> {
-        let bucket = Bucket::of_base(uuid)?;
-        let view = self.view()?;
-        let owner = view.owner(bucket);
-        Ok(LookupAnswer {
-            bucket: bucket.to_string(),
-            node_id: owner.as_ref().map(|o| o.node.record.node_id.to_string()),
-            node_url: owner.as_ref().map(|o| o.node.record.node_url.clone()),
-            local_node_url: owner.as_ref().map(|o| o.node.record.local_node_url.clone()),
-            epoch: owner.map_or(0, |o| o.epoch),
-        })
+    pub fn lookup(&self, uuid: &str) -> Result<Lookup, ApiError> {
+        dtable_core::Bucket::of_base(uuid)?;
+        Ok(self.view()?.lookup(uuid)?)
     }
 
     /// The bucket map.

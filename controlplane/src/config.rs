@@ -39,6 +39,11 @@ pub struct Args {
     /// How often the leader re-checks the whole assignment to repair drift, in seconds.
     #[arg(long, env = "DTABLE_REPAIR_INTERVAL", default_value_t = 5)]
     pub repair_interval: u64,
+    /// Move buckets between live nodes to keep them balanced. With false, only the buckets of
+    /// departed nodes are re-placed, and a joiner waits for a rebalance request
+    /// (`POST /rebalance/` on the proxy).
+    #[arg(long, env = "DTABLE_AUTO_REBALANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_rebalance: bool,
 }
 
 /// The validated configuration.
@@ -60,6 +65,8 @@ pub struct ControlPlaneConfig {
     pub debounce: Duration,
     /// Period of full repairs.
     pub repair_interval: Duration,
+    /// Whether to rebalance between live nodes without being asked.
+    pub auto_rebalance: bool,
 }
 
 impl Args {
@@ -90,6 +97,7 @@ impl Args {
             name,
             debounce: Duration::from_millis(self.debounce_ms),
             repair_interval: Duration::from_secs(self.repair_interval),
+            auto_rebalance: self.auto_rebalance,
         })
     }
 }

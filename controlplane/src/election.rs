@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ControlPlaneConfig;
-use crate::leader::{LeaderTimers, Stepdown, lead};
+use crate::leader::{LeaderSettings, Stepdown, lead};
 use crate::writer::{AssignmentWriter, Leadership};
 
 /// Campaigns, leads while elected, and campaigns again, until shutdown. `is_leader_tx` tells
@@ -59,16 +59,17 @@ pub async fn run_election(
             is_leader_tx.send_replace(true);
             let writer =
                 AssignmentWriter::new(client.clone(), cfg.keys.clone(), leadership.clone());
-            let timers = LeaderTimers {
+            let settings = LeaderSettings {
                 debounce: cfg.debounce,
                 repair_interval: cfg.repair_interval,
+                auto_rebalance: cfg.auto_rebalance,
             };
             let why = lead(
                 writer,
                 view_rx.clone(),
                 lease_rx.clone(),
                 leadership.create_revision,
-                timers,
+                settings,
                 shutdown.clone(),
             )
             .await;

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dtable_core::ClusterView;
 use dtable_core::etcd::{LeaseState, ViewRx, lease_lost};
-use dtable_core::placement::{Eligible, Policy, place};
-use dtable_core::{ClusterView, NodeState};
+use dtable_core::keys::REBALANCE_REQUEST;
+use dtable_core::placement::{Policy, place};
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::writer::{AssignmentWriter, WriteOutcome};
@@ -25,25 +26,27 @@ pub enum Stepdown {
     Deposed,
 }
 
-/// Timers of the leader loop.
+/// Settings of the leader loop.
 #[derive(Clone, Copy, Debug)]
-pub struct LeaderTimers {
+pub struct LeaderSettings {
     /// Quiet time after a view change before placing.
     pub debounce: Duration,
     /// Period of full re-checks.
     pub repair_interval: Duration,
+    /// Rebalance between live nodes without a request.
+    pub auto_rebalance: bool,
 }
 
-/// The eligible nodes of a view: registered and active.
-pub fn eligible(view: &ClusterView) -> Vec<Eligible> {
-    view.nodes
-        .values()
-        .filter(|n| n.record.state == NodeState::Active)
-        .map(|n| Eligible {
-            node: n.record.node_id.clone(),
-            weight: n.record.weight,
-        })
-        .collect()
+/// What one reconciliation pass came to.
+enum Pass {
+    /// The assignment matches the placement (or nothing can be placed).
+    Settled,
+    /// Written; act only on views at or past this revision from now on.
+    Wrote(i64),
+    /// A guard failed on a stale view; wait for the view to reach this revision.
+    Stale(i64),
+    /// etcd failed; try again shortly.
+    Failed,
 }
 
 /// Leads until shutdown, lease loss or deposition. `since` is the revision at which we won
@@ -53,81 +56,37 @@ pub async fn lead(
     mut view_rx: ViewRx,
     mut lease_rx: watch::Receiver<LeaseState>,
     since: i64,
-    timers: LeaderTimers,
+    settings: LeaderSettings,
     shutdown: CancellationToken,
 ) -> Stepdown {
-    let policy = Policy::default();
-    let mut next_repair = Instant::now();
     let mut min_revision = since;
     let mut warned_empty = false;
     loop {
         let view: Arc<ClusterView> = view_rx.borrow_and_update().clone();
+        let mut retry_soon = false;
         if view.revision >= min_revision {
-            let nodes = eligible(&view);
-            if nodes.is_empty() {
+            if view.eligible().is_empty() {
                 if !warned_empty {
                     tracing::warn!(
                         "no eligible node is registered; leaving the assignment as it is"
                     );
-                    warned_empty = true;
                 }
+                warned_empty = true;
             } else {
                 warned_empty = false;
-                let placement = place(&view.table(), &nodes, &policy);
-                if !placement.moves.is_empty() {
-                    match writer.apply(&view, &placement.moves).await {
-                        Ok(WriteOutcome::Applied { revision }) => {
-                            let orphans = placement
-                                .moves
-                                .iter()
-                                .filter(|m| {
-                                    m.from.as_ref().is_none_or(|f| !view.nodes.contains_key(f))
-                                })
-                                .count();
-                            metrics::counter!("dtable_placement_moves_total")
-                                .increment(placement.moves.len() as u64);
-                            tracing::info!(
-                                moved = placement.moves.len(),
-                                orphans_placed = orphans,
-                                rebalanced = placement.moves.len() - orphans,
-                                nodes = nodes.len(),
-                                revision,
-                                "assignment written"
-                            );
-                            min_revision = revision;
-                        }
-                        Ok(WriteOutcome::Rejected { applied, revision }) => {
-                            match writer.still_leader().await {
-                                Ok(false) => {
-                                    tracing::warn!(
-                                        "placement write rejected: no longer the leader"
-                                    );
-                                    return Stepdown::Deposed;
-                                }
-                                _ => {
-                                    tracing::info!(
-                                        applied,
-                                        revision,
-                                        view_revision = view.revision,
-                                        "placement write rejected: view is stale; waiting for it to catch up"
-                                    );
-                                    min_revision = revision;
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "placement write failed; retrying");
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return Stepdown::Shutdown,
-                                _ = sleep(Duration::from_millis(500)) => {}
-                            }
-                            continue;
-                        }
-                    }
+                match reconcile(&writer, &view, settings).await {
+                    Ok(Pass::Settled) => {}
+                    Ok(Pass::Wrote(rev) | Pass::Stale(rev)) => min_revision = rev,
+                    Ok(Pass::Failed) => retry_soon = true,
+                    Err(stepdown) => return stepdown,
                 }
             }
-            next_repair = Instant::now() + timers.repair_interval;
         }
+        let next_pass = if retry_soon {
+            Duration::from_millis(500)
+        } else {
+            settings.repair_interval
+        };
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Stepdown::Shutdown,
@@ -139,11 +98,80 @@ pub async fn lead(
                 // Let a burst of changes settle into one placement.
                 tokio::select! {
                     _ = shutdown.cancelled() => return Stepdown::Shutdown,
-                    _ = sleep(timers.debounce) => {}
+                    _ = sleep(settings.debounce) => {}
                 }
-                next_repair = Instant::now();
             }
-            _ = sleep_until(next_repair) => {}
+            _ = sleep(next_pass) => {}
         }
     }
+}
+
+/// Places the buckets from `view` and writes the difference. A rebalance request (an intent
+/// anyone may write) lifts the move cap of `--auto-rebalance=false` once, and is cleared when
+/// carried out.
+async fn reconcile(
+    writer: &AssignmentWriter,
+    view: &ClusterView,
+    settings: LeaderSettings,
+) -> Result<Pass, Stepdown> {
+    let nodes = view.eligible();
+    let request = view
+        .cluster_keys
+        .get(REBALANCE_REQUEST)
+        .map(|(_, rev)| *rev);
+    let policy = if settings.auto_rebalance || request.is_some() {
+        Policy::default()
+    } else {
+        Policy {
+            max_rebalance_moves: Some(0),
+        }
+    };
+    let placement = place(&view.table(), &nodes, &policy);
+    let pass = if placement.moves.is_empty() {
+        Pass::Settled
+    } else {
+        match writer.apply(view, &placement.moves).await {
+            Ok(WriteOutcome::Applied { revision }) => {
+                let orphans = placement
+                    .moves
+                    .iter()
+                    .filter(|m| m.from.as_ref().is_none_or(|f| !view.nodes.contains_key(f)))
+                    .count();
+                metrics::counter!("dtable_placement_moves_total")
+                    .increment(placement.moves.len() as u64);
+                tracing::info!(
+                    moved = placement.moves.len(),
+                    orphans_placed = orphans,
+                    rebalanced = placement.moves.len() - orphans,
+                    nodes = nodes.len(),
+                    revision,
+                    "assignment written"
+                );
+                Pass::Wrote(revision)
+            }
+            Ok(WriteOutcome::Rejected { applied, revision }) => {
+                if let Ok(false) = writer.still_leader().await {
+                    tracing::warn!("placement write rejected: no longer the leader");
+                    return Err(Stepdown::Deposed);
+                }
+                tracing::info!(
+                    applied,
+                    revision,
+                    view_revision = view.revision,
+                    "placement write rejected: view is stale; waiting for it to catch up"
+                );
+                return Ok(Pass::Stale(revision));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "placement write failed; retrying");
+                return Ok(Pass::Failed);
+            }
+        }
+    };
+    if let Some(rev) = request
+        && writer.clear_rebalance_request(rev).await.unwrap_or(false)
+    {
+        tracing::info!(moved = placement.moves.len(), "rebalance request carried out");
+    }
+    Ok(pass)
 }

@@ -99,6 +99,23 @@ impl AssignmentWriter {
         Ok(WriteOutcome::Applied { revision })
     }
 
+    /// Deletes the rebalance request seen at `mod_revision`, unless a newer one replaced it.
+    /// Returns whether it was deleted.
+    pub async fn clear_rebalance_request(
+        &self,
+        mod_revision: i64,
+    ) -> Result<bool, etcd_client::Error> {
+        let key = self.keys.rebalance_request();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.client.clone().txn(txn).await?.succeeded())
+    }
+
     /// Whether our election key still exists with our create_revision.
     pub async fn still_leader(&self) -> Result<bool, etcd_client::Error> {
         let mut client = self.client.clone();

@@ -8,6 +8,9 @@ use crate::node::{NODE_ID_PREFIX, NodeId};
 pub const ASSIGN_PREFIX: &str = "assign-";
 /// Everything else of ours lives under this prefix.
 pub const CLUSTER_PREFIX: &str = "dtable-cluster/";
+/// A full-rebalance request (an intent any instance may write), relative to
+/// [`CLUSTER_PREFIX`].
+pub const REBALANCE_REQUEST: &str = "requests/rebalance";
 
 /// Builds and classifies keys under an optional namespace prefix.
 ///
@@ -66,6 +69,12 @@ impl KeyLayout {
     /// `<prefix>dtable-cluster/moves/<xx>`.
     pub fn move_key(&self, bucket: Bucket) -> String {
         format!("{}{CLUSTER_PREFIX}moves/{bucket}", self.prefix)
+    }
+
+    /// `<prefix>dtable-cluster/requests/rebalance`: written to ask the leader for a full
+    /// rebalance.
+    pub fn rebalance_request(&self) -> String {
+        format!("{}{CLUSTER_PREFIX}{REBALANCE_REQUEST}", self.prefix)
     }
 
     /// The election name the control planes campaign on.

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::bucket::{BUCKET_COUNT, Bucket};
+use crate::bucket::{BUCKET_COUNT, Bucket, BucketError};
 use crate::keys::{KeyKind, KeyLayout};
-use crate::node::{NodeId, NodeRecord};
+use crate::node::{NodeId, NodeRecord, NodeState};
+use crate::placement::Eligible;
 
 /// A live node registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +105,23 @@ pub struct Owner<'a> {
     pub epoch: i64,
 }
 
+/// Where a base lives, as the lookup APIs answer it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lookup {
+    /// The bucket, two lowercase hex characters.
+    pub bucket: String,
+    /// The live owner, if any.
+    pub node_id: Option<String>,
+    /// Its browser-facing URL.
+    pub node_url: Option<String>,
+    /// Its LAN URL.
+    pub local_node_url: Option<String>,
+    /// The bucket's epoch (mod_revision of `assign-<xx>`), 0 when unassigned.
+    pub epoch: i64,
+    /// Whether a planned move of the bucket is in flight.
+    pub moving: bool,
+}
+
 #[derive(Deserialize)]
 struct MoveJson {
     from: String,
@@ -121,6 +139,32 @@ impl ClusterView {
             node,
             epoch: a.mod_revision,
         })
+    }
+
+    /// Where the base `uuid` lives.
+    pub fn lookup(&self, uuid: &str) -> Result<Lookup, BucketError> {
+        let bucket = Bucket::of_base(uuid)?;
+        let owner = self.owner(bucket);
+        Ok(Lookup {
+            bucket: bucket.to_string(),
+            node_id: owner.as_ref().map(|o| o.node.record.node_id.to_string()),
+            node_url: owner.as_ref().map(|o| o.node.record.node_url.clone()),
+            local_node_url: owner.as_ref().map(|o| o.node.record.local_node_url.clone()),
+            epoch: owner.map_or(0, |o| o.epoch),
+            moving: self.moves.contains_key(&bucket),
+        })
+    }
+
+    /// The nodes that may hold buckets: registered and active.
+    pub fn eligible(&self) -> Vec<Eligible> {
+        self.nodes
+            .values()
+            .filter(|n| n.record.state == NodeState::Active)
+            .map(|n| Eligible {
+                node: n.record.node_id.clone(),
+                weight: n.record.weight,
+            })
+            .collect()
     }
 
     /// The assignment as a placement table: the owner named by each key, live or not.

@@ -1,1 +1,115 @@
-//! dtable-proxy: routes each request to the server owning its base's bucket (not built yet).
+//! dtable-proxy: routes every request to the dtable-server that owns the request's base,
+//! including WebSockets, streaming bodies and gRPC over HTTP/2, and holds requests while a
+//! bucket has no owner. Its admin port serves `POST /rebalance/`, lookups and metrics.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod forward;
+pub mod locate;
+pub mod metrics;
+pub mod server;
+pub mod table;
+pub mod upgrade;
+
+use std::sync::Arc;
+
+use dtable_core::etcd::{ClusterWatch, EtcdError, ViewRx, connect};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Args, ProxyConfig};
+use forward::Forwarder;
+use table::RoutingTable;
+use upgrade::SocketRegistry;
+
+/// Why the proxy stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// etcd could not be reached at start-up.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the proxy until `shutdown`, then drains in-flight requests.
+pub async fn run(
+    cfg: ProxyConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), ProxyError> {
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ProxyError::Listen { addr, source })
+    };
+    let listener = bind(cfg.listen).await?;
+    let admin = bind(cfg.admin_listen).await?;
+    let client = connect(&cfg.etcd).await?;
+    let (watcher, view_rx) = ClusterWatch::new(client.clone(), cfg.keys.clone());
+    let background = CancellationToken::new();
+    tokio::spawn(watcher.run(background.clone()));
+
+    let sockets = Arc::new(SocketRegistry::new());
+    let (table_tx, table_rx) = watch::channel(Arc::new(RoutingTable::default()));
+    tokio::spawn(follow_view(
+        view_rx.clone(),
+        table_tx,
+        Arc::clone(&sockets),
+        background.clone(),
+    ));
+    let fwd = Arc::new(Forwarder::new(
+        table_rx,
+        cfg.forward.clone(),
+        cfg.connect_timeout,
+        cfg.idle_timeout,
+        sockets,
+    ));
+    let state = admin::AdminState {
+        view_rx,
+        client,
+        keys: cfg.keys.clone(),
+        metrics,
+    };
+    let admin_task = tokio::spawn(admin::serve(admin, state, shutdown.clone()));
+    tracing::info!(listen = ?server::bound(&listener), admin = %cfg.admin_listen, "dtable-proxy serving");
+    server::serve(listener, fwd, cfg.limits.clone(), shutdown).await;
+    let _ = admin_task.await;
+    background.cancel();
+    Ok(())
+}
+
+/// Rebuilds the routing table on every view change, and closes WebSockets of buckets whose
+/// owner changed.
+async fn follow_view(
+    mut view_rx: ViewRx,
+    table_tx: watch::Sender<Arc<RoutingTable>>,
+    sockets: Arc<SocketRegistry>,
+    stop: CancellationToken,
+) {
+    loop {
+        let view = view_rx.borrow_and_update().clone();
+        if view.revision > 0 {
+            let table = Arc::new(RoutingTable::from_view(&view, &table_tx.borrow()));
+            let closed = sockets.retain(&table);
+            if closed > 0 {
+                tracing::info!(buckets = closed, "closed WebSockets of moved buckets");
+            }
+            ::metrics::gauge!("dtable_proxy_table_revision").set(table.revision as f64);
+            table_tx.send_replace(table);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = view_rx.changed() => if changed.is_err() { return },
+        }
+    }
+}

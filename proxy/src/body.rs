@@ -1,0 +1,153 @@
+//! Request bodies on their way upstream: small ones with a known length are buffered so they
+//! can be sent again after a not-owner answer; others stream through a tee that keeps a copy
+//! while it stays under the retry limit, so a short body of unknown length can be replayed
+//! too, and a long one is never held in memory.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+/// Errors crossing the proxy's bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type sent upstream.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A client's request body, ready to be sent (and maybe re-sent).
+pub enum Payload {
+    /// Fully buffered; can be sent any number of times.
+    Buffered(Bytes),
+    /// Streaming from the client; sent once, with a copy kept while it is small.
+    Streaming {
+        /// The client's body, until it is sent.
+        body: Option<Incoming>,
+        /// The copy.
+        copy: Arc<Mutex<Copy>>,
+    },
+}
+
+/// What a tee has kept of a streaming body.
+#[derive(Default)]
+pub struct Copy {
+    chunks: Vec<Bytes>,
+    size: usize,
+    overflowed: bool,
+    complete: bool,
+}
+
+impl Payload {
+    /// Prepares a request body: buffers it when its declared length is within `limit`.
+    pub async fn prepare(
+        body: Incoming,
+        content_length: Option<u64>,
+        limit: usize,
+    ) -> Result<Payload, BoxError> {
+        if body.is_end_stream() {
+            return Ok(Payload::Buffered(Bytes::new()));
+        }
+        match content_length {
+            Some(len) if len <= limit as u64 => {
+                let collected = Limited::new(body, limit).collect().await?;
+                Ok(Payload::Buffered(collected.to_bytes()))
+            }
+            _ => Ok(Payload::Streaming {
+                body: Some(body),
+                copy: Arc::default(),
+            }),
+        }
+    }
+
+    /// The body for the next attempt; `None` when it cannot be sent again (streamed and too
+    /// large, or not yet fully read by the last attempt).
+    pub fn next_attempt(&mut self, limit: usize) -> Option<UpstreamBody> {
+        match self {
+            Payload::Buffered(bytes) => Some(full(bytes.clone())),
+            Payload::Streaming { body, copy } => {
+                if let Some(inner) = body.take() {
+                    let tee = Tee {
+                        inner,
+                        copy: Arc::clone(copy),
+                        limit,
+                    };
+                    return Some(UnsyncBoxBody::new(tee));
+                }
+                let c = copy.lock().expect("tee copy");
+                (c.complete && !c.overflowed).then(|| {
+                    let mut all = Vec::with_capacity(c.size);
+                    for chunk in &c.chunks {
+                        all.extend_from_slice(chunk);
+                    }
+                    full(Bytes::from(all))
+                })
+            }
+        }
+    }
+}
+
+/// A buffered upstream body.
+pub fn full(bytes: Bytes) -> UpstreamBody {
+    UnsyncBoxBody::new(Full::new(bytes).map_err(|never| match never {}))
+}
+
+/// Whether an error came from a body over its length limit.
+pub fn is_too_large(e: &BoxError) -> bool {
+    e.downcast_ref::<LengthLimitError>().is_some()
+}
+
+struct Tee {
+    inner: Incoming,
+    copy: Arc<Mutex<Copy>>,
+    limit: usize,
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let limit = self.limit;
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut copy = self.copy.lock().expect("tee copy");
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if !copy.overflowed {
+                        copy.size += data.len();
+                        if copy.size > limit {
+                            copy.overflowed = true;
+                            copy.chunks.clear();
+                        } else {
+                            copy.chunks.push(data.clone());
+                        }
+                    }
+                } else {
+                    // Trailers cannot be replayed from a plain copy.
+                    copy.overflowed = true;
+                }
+            }
+            Poll::Ready(None) => copy.complete = true,
+            _ => {}
+        }
+        if self.inner.is_end_stream() {
+            copy.complete = true;
+        }
+        drop(copy);
+        polled.map(|o| o.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

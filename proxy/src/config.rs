@@ -1,0 +1,127 @@
+//! The proxy's configuration: flags with environment twins, validated once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use dtable_core::KeyLayout;
+use dtable_core::cli::EtcdArgs;
+use dtable_core::config::ConfigError;
+use dtable_core::etcd::EtcdOptions;
+
+use crate::forward::ForwardSettings;
+use crate::server::Limits;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 500ms, 2m)"))
+}
+
+/// Command-line flags of `dtable-proxy`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dtable-proxy",
+    version,
+    about = "Routes each request to the dtable-server owning its base"
+)]
+pub struct Args {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub etcd: EtcdArgs,
+    /// Routing listener.
+    #[arg(long, env = "DTABLE_PROXY_LISTEN", default_value = "0.0.0.0:5550")]
+    pub listen: SocketAddr,
+    /// Admin listener: POST /rebalance/, /api/v1/lookup/<uuid>, /metrics, /healthz, /readyz.
+    #[arg(
+        long,
+        env = "DTABLE_PROXY_ADMIN_LISTEN",
+        default_value = "0.0.0.0:5555"
+    )]
+    pub admin_listen: SocketAddr,
+    /// How long a request for a moving or unowned bucket is held before 503. Keep it at or
+    /// above the control plane's release timeout.
+    #[arg(long, env = "DTABLE_PROXY_HOLD_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub hold_timeout: Duration,
+    /// Largest request body kept to resend after a not-owner answer, in bytes.
+    #[arg(long, env = "DTABLE_PROXY_RETRY_BODY_LIMIT", default_value_t = 1 << 20)]
+    pub retry_body_limit: usize,
+    /// A client must send its request head within this time.
+    #[arg(long, env = "DTABLE_PROXY_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+    /// Largest request head in bytes (at least 8192); larger ones get 431.
+    #[arg(long, env = "DTABLE_PROXY_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Most client connections at once.
+    #[arg(long, env = "DTABLE_PROXY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Timeout for connecting to a dtable-server.
+    #[arg(long, env = "DTABLE_PROXY_CONNECT_TIMEOUT", default_value = "3s", value_parser = duration)]
+    pub connect_timeout: Duration,
+    /// Idle upstream connections are closed after this long.
+    #[arg(long, env = "DTABLE_PROXY_IDLE_TIMEOUT", default_value = "90s", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, in-flight requests may finish for this long.
+    #[arg(long, env = "DTABLE_PROXY_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// How to reach etcd.
+    pub etcd: EtcdOptions,
+    /// Key layout (namespace).
+    pub keys: KeyLayout,
+    /// Routing listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Request-path settings.
+    pub forward: ForwardSettings,
+    /// Listener limits.
+    pub limits: Limits,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream idle timeout.
+    pub idle_timeout: Duration,
+}
+
+impl Args {
+    /// Validates the flags.
+    pub fn into_config(self) -> Result<ProxyConfig, ConfigError> {
+        let file = self.etcd.seatable()?;
+        let (etcd, keys) = self.etcd.resolve(&file)?;
+        if self.hold_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::field("--hold-timeout", "must be at least 1s"));
+        }
+        if self.max_header_bytes < 8192 {
+            return Err(ConfigError::field(
+                "--max-header-bytes",
+                "must be at least 8192",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::field(
+                "--max-connections",
+                "must be at least 1",
+            ));
+        }
+        Ok(ProxyConfig {
+            etcd,
+            keys,
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            forward: ForwardSettings {
+                hold_timeout: self.hold_timeout,
+                retry_body_limit: self.retry_body_limit,
+            },
+            limits: Limits {
+                header_timeout: self.header_timeout,
+                max_header_bytes: self.max_header_bytes,
+                max_connections: self.max_connections,
+                shutdown_grace: self.shutdown_grace,
+            },
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+        })
+    }
+}

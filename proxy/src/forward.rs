@@ -1,0 +1,496 @@
+//! The request path: find the request's bucket, hold it while the bucket has no owner or is
+//! moving, forward it to the owner with the body streamed both ways, and send it again when
+//! the server answers "not the owner" (which by contract means nothing was done).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dtable_core::Bucket;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout_at};
+
+use crate::body::{Payload, UpstreamBody, is_too_large};
+use crate::locate::bucket_of;
+use crate::metrics::ProxyMetrics;
+use crate::table::{Route, RoutingTable, Upstream};
+use crate::upgrade::SocketRegistry;
+
+/// The body type of responses to clients: the upstream's, streamed, or one of ours.
+pub type ClientBody = Either<Incoming, Full<Bytes>>;
+
+/// Header by which a server says it does not own the base (with status 409).
+pub const NOT_OWNER_HEADER: &str = "x-dtable-not-owner";
+/// Header carrying the bucket's epoch to the server.
+pub const EPOCH_HEADER: &str = "x-dtable-epoch";
+
+/// Knobs of the request path.
+#[derive(Clone, Debug)]
+pub struct ForwardSettings {
+    /// How long a request may wait for its bucket to get an owner.
+    pub hold_timeout: Duration,
+    /// Largest request body kept for a retry after a not-owner answer.
+    pub retry_body_limit: usize,
+}
+
+/// Forwards requests; shared by every connection.
+pub struct Forwarder {
+    pub(crate) table_rx: watch::Receiver<Arc<RoutingTable>>,
+    h1: Client<HttpConnector, UpstreamBody>,
+    h2: Client<HttpConnector, UpstreamBody>,
+    settings: ForwardSettings,
+    round_robin: AtomicUsize,
+    pub(crate) sockets: Arc<SocketRegistry>,
+    pub(crate) metrics: ProxyMetrics,
+}
+
+/// Where one attempt went.
+struct Target {
+    upstream: Arc<Upstream>,
+    /// The bucket's epoch when sent; `None` for requests without a base.
+    epoch: Option<i64>,
+}
+
+/// Why a request could not be forwarded, each with the status the client gets.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The request names a base, but not a well-formed one.
+    #[error(transparent)]
+    BadUuid(#[from] dtable_core::BucketError),
+    /// The bucket found no owner within the hold timeout.
+    #[error("bucket {0} has no owner yet (moving or being re-placed); retry shortly")]
+    NoOwner(Bucket),
+    /// No server is registered to take a request without a base.
+    #[error("no dtable-server is available")]
+    NoServer,
+    /// The owner refused, and the body cannot be sent again.
+    #[error("bucket {0} moved while the request was sent, and its body is too large to resend")]
+    NotReplayable(Bucket),
+    /// The owner could not be reached.
+    #[error("dtable-server {node} at {addr} is unreachable: {reason}")]
+    Unreachable {
+        /// The node.
+        node: String,
+        /// Its address.
+        addr: String,
+        /// The connection error.
+        reason: String,
+    },
+    /// The client's body could not be read.
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+    /// The request body exceeded the limit it declared.
+    #[error("request body larger than its Content-Length")]
+    BodyTooLarge,
+}
+
+impl ForwardError {
+    /// The status, stable error code and whether to add `Retry-After`.
+    fn parts(&self) -> (StatusCode, &'static str, bool) {
+        match self {
+            ForwardError::BadUuid(_) => (StatusCode::BAD_REQUEST, "bad_dtable_uuid", false),
+            ForwardError::NoOwner(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "bucket_unavailable", true)
+            }
+            ForwardError::NoServer => (StatusCode::SERVICE_UNAVAILABLE, "no_server", true),
+            ForwardError::NotReplayable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "moved_retry", true)
+            }
+            ForwardError::Unreachable { .. } => {
+                (StatusCode::BAD_GATEWAY, "upstream_unreachable", false)
+            }
+            ForwardError::Body(_) => (StatusCode::BAD_REQUEST, "bad_body", false),
+            ForwardError::BodyTooLarge => (StatusCode::BAD_REQUEST, "bad_body", false),
+        }
+    }
+
+    /// The JSON error response.
+    pub fn into_response(self) -> Response<ClientBody> {
+        let (status, code, retry) = self.parts();
+        json_response(status, code, &self.to_string(), retry)
+    }
+}
+
+/// A JSON error body `{"code","error"}`.
+pub fn json_response(
+    status: StatusCode,
+    code: &str,
+    msg: &str,
+    retry: bool,
+) -> Response<ClientBody> {
+    let body = serde_json::json!({ "code": code, "error": msg }).to_string();
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if retry {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+impl Forwarder {
+    /// A forwarder reading routes from `table_rx`.
+    pub fn new(
+        table_rx: watch::Receiver<Arc<RoutingTable>>,
+        settings: ForwardSettings,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        sockets: Arc<SocketRegistry>,
+    ) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let exec = hyper_util::rt::TokioExecutor::new();
+        let h1 = Client::builder(exec.clone())
+            .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(1024)
+            .build(connector.clone());
+        let h2 = Client::builder(exec)
+            .pool_idle_timeout(idle_timeout)
+            .http2_only(true)
+            .build(connector);
+        Forwarder {
+            table_rx,
+            h1,
+            h2,
+            settings,
+            round_robin: AtomicUsize::new(0),
+            sockets,
+            metrics: ProxyMetrics::new(),
+        }
+    }
+
+    /// Handles one client request; never fails (errors become responses).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ClientBody> {
+        let started = Instant::now();
+        let resp = match self.route_and_forward(req, client).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if !matches!(e, ForwardError::BadUuid(_)) {
+                    tracing::warn!(error = %e, "request not forwarded");
+                }
+                e.into_response()
+            }
+        };
+        self.metrics.observe(resp.status(), started.elapsed());
+        resp
+    }
+
+    async fn route_and_forward(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Response<ClientBody>, ForwardError> {
+        let bucket = bucket_of(&req)?;
+        let deadline = Instant::now() + self.settings.hold_timeout;
+        if crate::upgrade::is_upgrade(&req) {
+            let target = self.resolve(bucket, deadline, None).await?;
+            return crate::upgrade::forward(
+                self,
+                req,
+                bucket,
+                target.upstream,
+                target.epoch,
+                client,
+            )
+            .await;
+        }
+        let (parts, body) = req.into_parts();
+        let content_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let limit = self.settings.retry_body_limit;
+        let mut payload = Payload::prepare(body, content_length, limit)
+            .await
+            .map_err(|e| {
+                if is_too_large(&e) {
+                    ForwardError::BodyTooLarge
+                } else {
+                    ForwardError::Body(e.to_string())
+                }
+            })?;
+
+        let mut target = self.resolve(bucket, deadline, None).await?;
+        let mut retried_connect = false;
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            let Some(body) = payload.next_attempt(limit) else {
+                return Err(ForwardError::NotReplayable(
+                    bucket.expect("only bucketed requests retry"),
+                ));
+            };
+            let upstream_req = upstream_request(&parts, &target, client, body);
+            let sent = Instant::now();
+            let result = if parts.version == Version::HTTP_2 {
+                self.h2.request(upstream_req).await
+            } else {
+                self.h1.request(upstream_req).await
+            };
+            match result {
+                Ok(resp) if is_not_owner(&resp) => {
+                    let Some(b) = bucket else {
+                        return Ok(finish(resp));
+                    };
+                    self.metrics.not_owner_retries.increment(1);
+                    // Wait for the assignment to move past the epoch we sent, or a short
+                    // back-off (the server's view may lag ours), then try the owner again.
+                    let sent_epoch = target.epoch;
+                    let wait_until = deadline.min(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    target = match self.resolve(Some(b), wait_until, sent_epoch).await {
+                        Ok(t) => t,
+                        Err(_) if Instant::now() < deadline => {
+                            self.resolve(Some(b), deadline, None).await?
+                        }
+                        Err(e) => return Err(e),
+                    };
+                }
+                Ok(resp) => {
+                    self.metrics
+                        .upstream_latency
+                        .record(sent.elapsed().as_secs_f64());
+                    return Ok(finish(resp));
+                }
+                Err(e) if e.is_connect() => {
+                    // Retry once if the assignment changed while we were connecting.
+                    let next = match bucket {
+                        Some(b) if !retried_connect => self
+                            .current_owner(b)
+                            .filter(|t| !Arc::ptr_eq(&t.upstream, &target.upstream)),
+                        _ => None,
+                    };
+                    match next {
+                        Some(t) => {
+                            retried_connect = true;
+                            target = t;
+                        }
+                        None => {
+                            return Err(ForwardError::Unreachable {
+                                node: target.upstream.node_id.clone(),
+                                addr: target.upstream.authority.to_string(),
+                                reason: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    return Err(ForwardError::Unreachable {
+                        node: target.upstream.node_id.clone(),
+                        addr: target.upstream.authority.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The HTTP/1.1 client, for upgrades.
+    pub(crate) fn upgrade_client(&self) -> &Client<HttpConnector, UpstreamBody> {
+        &self.h1
+    }
+
+    /// The owner of `bucket` now, if it has one.
+    fn current_owner(&self, bucket: Bucket) -> Option<Target> {
+        match self.table_rx.borrow().route(bucket) {
+            Route::Owned { upstream, epoch } => Some(Target {
+                upstream: Arc::clone(upstream),
+                epoch: Some(*epoch),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Where to send a request: the bucket's owner (waiting until `deadline` for one with an
+    /// epoch above `after_epoch`), or any active server for requests without a base.
+    async fn resolve(
+        &self,
+        bucket: Option<Bucket>,
+        deadline: Instant,
+        after_epoch: Option<i64>,
+    ) -> Result<Target, ForwardError> {
+        let mut rx = self.table_rx.clone();
+        let mut holding = false;
+        let result = loop {
+            let found = {
+                let table = rx.borrow_and_update();
+                match bucket {
+                    None => {
+                        let n = self.round_robin.fetch_add(1, Ordering::Relaxed);
+                        table.any_active(n).map(|u| Target {
+                            upstream: Arc::clone(u),
+                            epoch: None,
+                        })
+                    }
+                    Some(b) => match table.route(b) {
+                        Route::Owned { upstream, epoch }
+                            if after_epoch.is_none_or(|e| *epoch > e) =>
+                        {
+                            Some(Target {
+                                upstream: Arc::clone(upstream),
+                                epoch: Some(*epoch),
+                            })
+                        }
+                        _ => None,
+                    },
+                }
+            };
+            if let Some(t) = found {
+                break Ok(t);
+            }
+            if !holding {
+                holding = true;
+                self.metrics.held.increment(1.0);
+            }
+            match timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break Err(bucket.map_or(ForwardError::NoServer, ForwardError::NoOwner)),
+            }
+        };
+        if holding {
+            self.metrics.held.decrement(1.0);
+        }
+        result
+    }
+}
+
+fn is_not_owner<B>(resp: &Response<B>) -> bool {
+    resp.status() == StatusCode::CONFLICT
+        && resp
+            .headers()
+            .get(NOT_OWNER_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"1")
+}
+
+/// Strips hop-by-hop headers from an upstream response.
+fn finish(mut resp: Response<Incoming>) -> Response<ClientBody> {
+    strip_hop_by_hop(resp.headers_mut(), false);
+    resp.map(Either::Left)
+}
+
+/// Headers that describe one connection, not the message.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Removes hop-by-hop headers, and those the Connection header names. `te: trailers` is
+/// kept for gRPC when `keep_te_trailers`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    let te_trailers = keep_te_trailers
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(header::UPGRADE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Builds the request to the upstream: its URI, the forwarding headers and the epoch.
+fn upstream_request(
+    parts: &hyper::http::request::Parts,
+    target: &Target,
+    client: SocketAddr,
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = upstream_uri(&target.upstream, &parts.uri);
+    *req.version_mut() = if parts.version == Version::HTTP_2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let headers = req.headers_mut();
+    headers.clone_from(&parts.headers);
+    strip_hop_by_hop(headers, parts.version == Version::HTTP_2);
+    add_forwarding(headers, parts, client);
+    if let Some(epoch) = target.epoch {
+        headers.insert(EPOCH_HEADER, HeaderValue::from(epoch));
+    }
+    req
+}
+
+/// The upstream URI: the node's scheme, authority and path prefix, then the request's path
+/// and query.
+pub fn upstream_uri(up: &Upstream, uri: &Uri) -> Uri {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let path_and_query = if up.prefix.is_empty() {
+        pq.to_owned()
+    } else {
+        format!("{}{pq}", up.prefix)
+    };
+    Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .expect("parts of valid URIs")
+}
+
+/// X-Forwarded-For (appended), -Proto and -Host; the Host header goes, so the client sets
+/// the upstream's.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    parts: &hyper::http::request::Parts,
+    client: SocketAddr,
+) {
+    let host = headers.remove(header::HOST).or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let ip = client.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key("x-forwarded-host") {
+            headers.insert("x-forwarded-host", host);
+        }
+    }
+}

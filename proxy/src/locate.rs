@@ -1,0 +1,79 @@
+//! Finding the base a request is for: the path segment after a `dtables` segment, then the
+//! `dtable_uuid` query parameter, then the `x-dtable-uuid` header (gRPC metadata).
+
+use dtable_core::{Bucket, BucketError};
+use hyper::Request;
+
+/// Header carrying the base UUID for clients that have no base in the path (gRPC).
+pub const UUID_HEADER: &str = "x-dtable-uuid";
+
+/// The bucket a request belongs to; `None` when it names no base.
+pub fn bucket_of<B>(req: &Request<B>) -> Result<Option<Bucket>, BucketError> {
+    let path = req.uri().path();
+    let mut segments = path.split('/');
+    while let Some(segment) = segments.next() {
+        if segment == "dtables" {
+            if let Some(uuid) = segments.next().filter(|s| !s.is_empty()) {
+                return Bucket::of_base(uuid).map(Some);
+            }
+        }
+    }
+    if let Some(query) = req.uri().query() {
+        for pair in query.split('&') {
+            if let Some(uuid) = pair.strip_prefix("dtable_uuid=") {
+                return Bucket::of_base(uuid).map(Some);
+            }
+        }
+    }
+    if let Some(value) = req.headers().get(UUID_HEADER) {
+        let uuid = value
+            .to_str()
+            .map_err(|_| BucketError::MalformedUuid("<non-ASCII>".into()))?;
+        return Bucket::of_base(uuid.trim()).map(Some);
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str) -> Request<()> {
+        Request::builder().uri(uri).body(()).unwrap()
+    }
+
+    const U: &str = "c3a1e2f0a1b2c3d4e5f60718293a4b5c";
+    const D: &str = "C3A1E2F0-A1B2-C3D4-E5F6-0718293A4B5C";
+
+    #[test]
+    fn every_documented_place() {
+        for uri in [
+            format!("/dtables/{U}"),
+            format!("/dtables/{D}/"),
+            format!("/api/v1/dtables/{U}/rows/?limit=10"),
+            format!("/api/v1/internal/dtables/{D}/operations/"),
+            format!("/dtable-server/api/v1/dtables/{U}/metadata/"),
+            format!("/socket.io/?dtable_uuid={U}&EIO=4&transport=polling"),
+            format!("/socket.io/?EIO=4&dtable_uuid={D}&transport=websocket"),
+        ] {
+            assert_eq!(bucket_of(&req(&uri)), Ok(Some(Bucket(0xc3))), "{uri}");
+        }
+        let grpc = Request::builder()
+            .uri("/pkg.Svc/Call")
+            .header(UUID_HEADER, D)
+            .body(())
+            .unwrap();
+        assert_eq!(bucket_of(&grpc), Ok(Some(Bucket(0xc3))));
+    }
+
+    #[test]
+    fn no_base_and_bad_bases() {
+        assert_eq!(bucket_of(&req("/ping/")), Ok(None));
+        assert_eq!(bucket_of(&req("/api/v1/dtables/")), Ok(None));
+        assert!(bucket_of(&req("/api/v1/dtables/not-a-uuid/rows/")).is_err());
+        assert!(bucket_of(&req("/socket.io/?dtable_uuid=zz")).is_err());
+        // The path wins over the query.
+        let both = format!("/dtables/{U}?dtable_uuid=00000000000000000000000000000000");
+        assert_eq!(bucket_of(&req(&both)), Ok(Some(Bucket(0xc3))));
+    }
+}

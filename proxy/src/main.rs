@@ -1,0 +1,26 @@
+//! `dtable-proxy`: parses the configuration and routes until SIGTERM/SIGINT, then drains.
+
+use std::process::ExitCode;
+
+use dtable_core::cli::{exit_config_error, init_tracing, parse_or_exit, shutdown_on_signals};
+use dtable_proxy::{Args, run};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Args = parse_or_exit();
+    let cfg = args
+        .into_config()
+        .unwrap_or_else(|e| exit_config_error("dtable-proxy", &e));
+    init_tracing();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    tracing::info!(listen = %cfg.listen, admin = %cfg.admin_listen, etcd = ?cfg.etcd.endpoints, "dtable-proxy starting");
+    match run(cfg, metrics, shutdown_on_signals()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "dtable-proxy failed");
+            ExitCode::FAILURE
+        }
+    }
+}
