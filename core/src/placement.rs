@@ -7,7 +7,8 @@
 //! that as few buckets as possible move. A bucket stays where it is unless its node is gone,
 //! ineligible, or over its target.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::bucket::{BUCKET_COUNT, Bucket};
 use crate::node::NodeId;
@@ -138,25 +139,25 @@ pub fn place(current: &[Option<NodeId>], nodes: &[Eligible], policy: &Policy) ->
     }
     free.sort_unstable();
 
-    // Hand the free buckets to the nodes furthest below target, ties by node id.
-    let mut deficit: Vec<(usize, &NodeId)> = target
+    // Hand the free buckets to the nodes furthest below target, ties by node id: a max-heap
+    // on (deficit, reversed id), so each bucket costs O(log nodes).
+    let mut deficit: BinaryHeap<(usize, Reverse<&NodeId>)> = target
         .iter()
         .map(|(node, &want)| {
-            (
-                want.saturating_sub(kept.get(node).copied().unwrap_or(0)),
-                node,
-            )
+            let have = kept.get(node).copied().unwrap_or(0);
+            (want.saturating_sub(have), Reverse(node))
         })
         .filter(|(d, _)| *d > 0)
         .collect();
     for i in free {
-        deficit.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        match deficit.first_mut() {
-            Some((d, node)) if *d > 0 => {
-                *d -= 1;
-                table[i] = Some((*node).clone());
+        match deficit.pop() {
+            Some((d, Reverse(node))) => {
+                table[i] = Some(node.clone());
+                if d > 1 {
+                    deficit.push((d - 1, Reverse(node)));
+                }
             }
-            _ => table[i] = None,
+            None => table[i] = None,
         }
     }
 

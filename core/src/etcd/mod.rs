@@ -49,7 +49,9 @@ pub async fn connect(opts: &EtcdOptions) -> Result<etcd_client::Client, EtcdErro
     let mut co = etcd_client::ConnectOptions::new()
         .with_require_leader(true)
         .with_connect_timeout(Duration::from_secs(3))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        // etcd refuses pings more often than its --grpc-keepalive-min-time (5 s by default)
+        // with GOAWAY "too_many_pings", which would break every watch.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true);
     if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
         co = co
