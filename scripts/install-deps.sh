@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Installs what building and testing dtable-cluster needs on Debian: etcd (the only store) and
-# protoc (for the .proto files). Skips what is already there.
+# Installs what building and testing dtable-cluster needs on Debian: etcd (the only store),
+# protoc (for the .proto files), and OpenSSL headers for the socket.io test client. Skips
+# what is already there.
 set -euo pipefail
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# The socket.io test client links OpenSSL through native-tls.
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing: ${need[*]}"

@@ -171,7 +171,10 @@ async fn reconcile(
     if let Some(rev) = request
         && writer.clear_rebalance_request(rev).await.unwrap_or(false)
     {
-        tracing::info!(moved = placement.moves.len(), "rebalance request carried out");
+        tracing::info!(
+            moved = placement.moves.len(),
+            "rebalance request carried out"
+        );
     }
     Ok(pass)
 }

@@ -488,9 +488,9 @@ pub fn add_forwarding(
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
-    if let Some(host) = host {
-        if !headers.contains_key("x-forwarded-host") {
-            headers.insert("x-forwarded-host", host);
-        }
+    if let Some(host) = host
+        && !headers.contains_key("x-forwarded-host")
+    {
+        headers.insert("x-forwarded-host", host);
     }
 }

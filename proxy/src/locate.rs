@@ -12,10 +12,10 @@ pub fn bucket_of<B>(req: &Request<B>) -> Result<Option<Bucket>, BucketError> {
     let path = req.uri().path();
     let mut segments = path.split('/');
     while let Some(segment) = segments.next() {
-        if segment == "dtables" {
-            if let Some(uuid) = segments.next().filter(|s| !s.is_empty()) {
-                return Bucket::of_base(uuid).map(Some);
-            }
+        if segment == "dtables"
+            && let Some(uuid) = segments.next().filter(|s| !s.is_empty())
+        {
+            return Bucket::of_base(uuid).map(Some);
         }
     }
     if let Some(query) = req.uri().query() {

@@ -75,11 +75,9 @@ impl SocketRegistry {
                 (Some(_), Route::Moving) => true,
                 (Some(_), Route::Unowned) => false,
             };
-            if !keep {
-                if let Some((_, token)) = slot.take() {
-                    token.cancel();
-                    closed += 1;
-                }
+            if !keep && let Some((_, token)) = slot.take() {
+                token.cancel();
+                closed += 1;
             }
         }
         closed

@@ -146,3 +146,104 @@ pub async fn read_nodes(client: &Client) -> BTreeMap<String, serde_json::Value> 
         })
         .collect()
 }
+
+/// A `dtable-server-sim` process.
+pub struct Sim {
+    /// The process.
+    pub proc: Proc,
+    /// Its node id.
+    pub node_id: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Sim {
+    /// Its `local_node_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+/// Starts `dtable-server-sim` as `node_id` on a free port, following the assignment in `etcd`.
+pub fn spawn_sim(etcd: &Etcd, node_id: &str, extra: &[&str]) -> Sim {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_ports(1)[0]).into();
+    let mut args = vec![
+        "--listen".to_owned(),
+        addr.to_string(),
+        "--node-id".to_owned(),
+        node_id.to_owned(),
+        "--etcd".to_owned(),
+        etcd.endpoints_arg(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Sim {
+        proc: Proc::spawn("dtable-server-sim", &args, &[]),
+        node_id: node_id.to_owned(),
+        addr,
+    }
+}
+
+/// A `dtable-proxy` process and its listeners.
+pub struct Proxy {
+    /// The process.
+    pub proc: Proc,
+    /// The routing listener.
+    pub addr: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+}
+
+/// Starts `dtable-proxy` on free loopback ports; `extra` flags are added.
+pub fn spawn_proxy(etcd: &Etcd, extra: &[&str]) -> Proxy {
+    let ports = free_ports(2);
+    let addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let mut args = vec![
+        "--etcd".to_owned(),
+        etcd.endpoints_arg(),
+        "--listen".to_owned(),
+        addr.to_string(),
+        "--admin-listen".to_owned(),
+        admin.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Proxy {
+        proc: Proc::spawn(
+            "dtable-proxy",
+            &args,
+            &[(
+                "RUST_LOG".into(),
+                "debug,h2=info,hyper=info,hyper_util=debug".into(),
+            )],
+        ),
+        addr,
+        admin,
+    }
+}
+
+/// Registers a node record by hand (no lease), as an agent would.
+pub async fn put_node(client: &Client, node_id: &str, local_node_url: &str) {
+    let record = serde_json::json!({
+        "node_id": node_id,
+        "node_url": format!("https://cloud.example/{node_id}/"),
+        "local_node_url": local_node_url,
+        "role": "server",
+        "state": "active",
+        "weight": 1,
+    });
+    client
+        .clone()
+        .put(node_id, record.to_string(), None)
+        .await
+        .expect("put node record");
+}
+
+/// Writes `assign-<bucket>` = `node_id` and returns the key's new mod_revision (the epoch).
+pub async fn put_assign(client: &Client, bucket: u8, node_id: &str) -> i64 {
+    let resp = client
+        .clone()
+        .put(format!("assign-{bucket:02x}"), node_id, None)
+        .await
+        .expect("put assign key");
+    resp.header().expect("header").revision()
+}

@@ -19,6 +19,6 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    serve_sim(listener, config.node_id, shutdown).await?;
+    serve_sim(listener, config.options(), shutdown).await?;
     Ok(())
 }

@@ -1,37 +1,86 @@
-//! The sim's HTTP routes and the middleware that names the answering node on every response.
+//! The sim's router: every route and layer put together, the shared request state, and the
+//! middleware that names the answering node on every response.
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde_json::json;
+use socketioxide::SocketIo;
+use tokio_util::sync::CancellationToken;
 
-use super::SimError;
+use super::ownership::Ownership;
+use super::socketio::SocketIndex;
+use super::{SimError, routes, socketio, stream};
 
 /// Header carrying the node id of the server that produced a response, on every response.
 pub const NODE_HEADER: &str = "x-dtable-node";
 
-/// The sim's router for node `node_id`: `GET /ping/` → `pong`, anything else 404, and every
-/// response (errors included) stamped with [`NODE_HEADER`].
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// Which buckets the sim owns; also knows the node id.
+    pub(crate) ownership: Ownership,
+    /// Connected socket.io sockets by bucket.
+    pub(crate) sockets: SocketIndex,
+    /// Cancelled when the sim shuts down, to end WebSocket sessions.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The sim's whole router for `state`, and the socket.io handle to close at shutdown: ping,
+/// the base routes, the streaming routes, socket.io, `GET /_sim/state`, and 404 for anything
+/// else; every response (errors and upgrades included) stamped with [`NODE_HEADER`].
 ///
 /// # Errors
-/// [`SimError::InvalidNodeId`] if `node_id` is empty or not valid in a header.
-pub fn router(node_id: &str) -> Result<Router, SimError> {
+/// [`SimError::InvalidNodeId`] if the node id is empty or not valid in a header.
+pub(crate) fn router(state: AppState) -> Result<(Router, SocketIo), SimError> {
+    let node = node_header(state.ownership.node_id())?;
+    let (socketio_layer, io) = socketio::layer(state.clone());
+    let router = Router::new()
+        .route("/ping/", get(ping))
+        .route("/_sim/state", get(sim_state))
+        .merge(routes::routes())
+        .merge(stream::routes())
+        .fallback(not_found)
+        .with_state(state.clone())
+        .layer(socketio_layer)
+        .layer(middleware::from_fn_with_state(state, socketio::gate))
+        .layer(middleware::from_fn_with_state(node, stamp_node));
+    Ok((router, io))
+}
+
+/// The node id as a header value, refusing what cannot be one.
+pub(crate) fn node_header(node_id: &str) -> Result<HeaderValue, SimError> {
     let invalid = || SimError::InvalidNodeId(node_id.to_owned());
     if node_id.trim().is_empty() {
         return Err(invalid());
     }
-    let node = HeaderValue::from_str(node_id).map_err(|_| invalid())?;
-    Ok(Router::new()
-        .route("/ping/", get(ping))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(node, stamp_node)))
+    HeaderValue::from_str(node_id).map_err(|_| invalid())
 }
 
 /// dtable-server's liveness probe.
 async fn ping() -> &'static str {
     "pong"
+}
+
+/// `GET /_sim/state`: `{"node_id","follows_etcd","revision","owned":{"xx":epoch,...}}`, so a
+/// test can wait until the sim has seen an assignment.
+async fn sim_state(State(state): State<AppState>) -> Response {
+    let own = &state.ownership;
+    let owned: serde_json::Map<String, serde_json::Value> = own
+        .owned()
+        .into_iter()
+        .map(|(bucket, epoch)| (bucket.to_string(), epoch.into()))
+        .collect();
+    axum::Json(json!({
+        "node_id": own.node_id(),
+        "follows_etcd": own.follows_etcd(),
+        "revision": own.revision(),
+        "owned": owned,
+    }))
+    .into_response()
 }
 
 /// Any path the sim does not serve.
@@ -57,9 +106,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_node_ids() {
-        assert!(matches!(router(""), Err(SimError::InvalidNodeId(_))));
-        assert!(matches!(router("  "), Err(SimError::InvalidNodeId(_))));
-        assert!(matches!(router("a\nb"), Err(SimError::InvalidNodeId(_))));
-        assert!(router("dtable-server-1").is_ok());
+        assert!(matches!(node_header(""), Err(SimError::InvalidNodeId(_))));
+        assert!(matches!(node_header("  "), Err(SimError::InvalidNodeId(_))));
+        assert!(matches!(
+            node_header("a\nb"),
+            Err(SimError::InvalidNodeId(_))
+        ));
+        assert!(node_header("dtable-server-1").is_ok());
     }
 }

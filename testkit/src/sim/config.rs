@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use clap::Parser;
 use clap::error::{ContextKind, ErrorKind};
 
+use super::SimOptions;
+
 /// Exit status for invalid configuration (`EX_USAGE`), as every dtable-cluster binary uses.
 pub const CONFIG_EXIT_CODE: i32 = 64;
 
@@ -24,9 +26,34 @@ pub struct SimConfig {
     /// This server's node id, sent back in `X-Dtable-Node` on every response.
     #[arg(long, env = "DTABLE_SIM_NODE_ID", value_parser = parse_node_id)]
     pub node_id: String,
+
+    /// etcd endpoints (`host:port,...`) whose `assign-<xx>` keys say which buckets this sim
+    /// owns. Without it the sim owns every bucket at epoch 0.
+    #[arg(long, env = "DTABLE_SIM_ETCD", value_delimiter = ',', num_args = 1..)]
+    pub etcd: Option<Vec<String>>,
+
+    /// Key prefix in front of every cluster key in etcd (empty for SeaTable's layout).
+    #[arg(long, env = "DTABLE_SIM_ETCD_PREFIX", default_value = "")]
+    pub etcd_prefix: String,
 }
 
 impl SimConfig {
+    /// The library options this configuration describes.
+    pub fn options(&self) -> SimOptions {
+        let etcd = self.etcd.as_ref().map(|endpoints| {
+            let endpoints = endpoints
+                .iter()
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect();
+            (endpoints, self.etcd_prefix.clone())
+        });
+        SimOptions {
+            node_id: self.node_id.clone(),
+            etcd,
+        }
+    }
+
     /// Parses the process's arguments and environment. Prints help or version and exits 0
     /// when asked; on invalid configuration prints one line naming the bad field and exits
     /// with [`CONFIG_EXIT_CODE`].
@@ -102,6 +129,21 @@ mod tests {
         .expect("valid");
         assert_eq!(config.node_id, "dtable-server-a");
         assert_eq!(config.listen, "0.0.0.0:1".parse().unwrap());
+        assert!(config.options().etcd.is_none());
+
+        let config = SimConfig::try_parse_from([
+            "sim",
+            "--node-id",
+            "dtable-server-a",
+            "--etcd",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--etcd-prefix",
+            "t/",
+        ])
+        .expect("valid");
+        let (endpoints, prefix) = config.options().etcd.expect("follows etcd");
+        assert_eq!(endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(prefix, "t/");
     }
 
     #[test]

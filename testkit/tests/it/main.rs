@@ -4,6 +4,8 @@
 mod etcd;
 mod process;
 mod sim;
+mod sim_socketio;
+mod sim_stream;
 
 /// `&["a", "b"]` as the owned argument list [`dtable_testkit::Proc::spawn`] takes.
 pub fn args(list: &[&str]) -> Vec<String> {
