@@ -272,7 +272,7 @@ impl Forwarder {
                     // Retry once if the assignment changed while we were connecting.
                     let next = match bucket {
                         Some(b) if !retried_connect => self
-                            .current_owner(b)
+                            .pick(&self.table_rx.borrow(), Some(b), None)
                             .filter(|t| !Arc::ptr_eq(&t.upstream, &target.upstream)),
                         _ => None,
                     };
@@ -306,17 +306,6 @@ impl Forwarder {
         &self.h1
     }
 
-    /// The owner of `bucket` now, if it has one.
-    fn current_owner(&self, bucket: Bucket) -> Option<Target> {
-        match self.table_rx.borrow().route(bucket) {
-            Route::Owned { upstream, epoch } => Some(Target {
-                upstream: Arc::clone(upstream),
-                epoch: Some(*epoch),
-            }),
-            _ => None,
-        }
-    }
-
     /// Where to send a request: the bucket's owner (waiting until `deadline` for one with an
     /// epoch above `after_epoch`), or any active server for requests without a base.
     async fn resolve(
@@ -325,48 +314,51 @@ impl Forwarder {
         deadline: Instant,
         after_epoch: Option<i64>,
     ) -> Result<Target, ForwardError> {
+        // Fast path: the current table has a route; no receiver clone, no waiting.
+        if let Some(t) = self.pick(&self.table_rx.borrow(), bucket, after_epoch) {
+            return Ok(t);
+        }
         let mut rx = self.table_rx.clone();
-        let mut holding = false;
+        self.metrics.held.increment(1.0);
         let result = loop {
-            let found = {
-                let table = rx.borrow_and_update();
-                match bucket {
-                    None => {
-                        let n = self.round_robin.fetch_add(1, Ordering::Relaxed);
-                        table.any_active(n).map(|u| Target {
-                            upstream: Arc::clone(u),
-                            epoch: None,
-                        })
-                    }
-                    Some(b) => match table.route(b) {
-                        Route::Owned { upstream, epoch }
-                            if after_epoch.is_none_or(|e| *epoch > e) =>
-                        {
-                            Some(Target {
-                                upstream: Arc::clone(upstream),
-                                epoch: Some(*epoch),
-                            })
-                        }
-                        _ => None,
-                    },
-                }
-            };
-            if let Some(t) = found {
+            if let Some(t) = self.pick(&rx.borrow_and_update(), bucket, after_epoch) {
                 break Ok(t);
-            }
-            if !holding {
-                holding = true;
-                self.metrics.held.increment(1.0);
             }
             match timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 _ => break Err(bucket.map_or(ForwardError::NoServer, ForwardError::NoOwner)),
             }
         };
-        if holding {
-            self.metrics.held.decrement(1.0);
-        }
+        self.metrics.held.decrement(1.0);
         result
+    }
+
+    /// The route in `table`: the bucket's owner if its epoch is above `after_epoch`, or the
+    /// next active server round robin for requests without a base.
+    fn pick(
+        &self,
+        table: &RoutingTable,
+        bucket: Option<Bucket>,
+        after_epoch: Option<i64>,
+    ) -> Option<Target> {
+        match bucket {
+            None => {
+                let n = self.round_robin.fetch_add(1, Ordering::Relaxed);
+                table.any_active(n).map(|u| Target {
+                    upstream: Arc::clone(u),
+                    epoch: None,
+                })
+            }
+            Some(b) => match table.route(b) {
+                Route::Owned { upstream, epoch } if after_epoch.is_none_or(|e| *epoch > e) => {
+                    Some(Target {
+                        upstream: Arc::clone(upstream),
+                        epoch: Some(*epoch),
+                    })
+                }
+                _ => None,
+            },
+        }
     }
 }
 

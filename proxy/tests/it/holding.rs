@@ -170,3 +170,30 @@ async fn an_assignment_change_applies_live_without_breaking_answers_in_flight() 
         dtable_testkit::sim::pattern_sha256(4, 64 << 20)
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_owner_gets_502_with_a_json_body() {
+    let s = Setup::start(2, &[]).await;
+    let dead = format!("http://127.0.0.1:{}/", dtable_testkit::free_port());
+    put_node(&s.client, "dtable-server-dead", &dead).await;
+    let mut kv = s.client.clone();
+    kv.put("assign-50", "dtable-server-dead", None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (resp, body) = send(
+        &client(),
+        get(
+            s.proxy.addr,
+            &format!("/dtables/{}", uuid_in_bucket(0x50, 1)),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 502, "{}", String::from_utf8_lossy(&body));
+    let j = json(&body);
+    assert_eq!(j["code"], "upstream_unreachable");
+    assert!(
+        j["error"].as_str().unwrap().contains("dtable-server-dead"),
+        "{j}"
+    );
+}
