@@ -69,3 +69,35 @@ async fn bad_uuid_large_headers_and_slow_clients() {
     let (resp, _) = send(&c, get(addr, &ok_path)).await;
     assert_eq!(resp.status(), 200, "others still served");
 }
+
+#[tokio::test]
+async fn the_connection_cap_queues_extra_clients_until_a_slot_frees() {
+    let s = Setup::start(1, &["--max-connections", "2"]).await;
+    let addr = s.proxy.addr;
+    let request = b"GET /ping/ HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(request).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(c);
+    }
+    // A third client connects (the kernel queues it) but is not served while both slots are
+    // taken by idle keep-alive connections.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let mut buf = [0u8; 256];
+    let early = tokio::time::timeout(Duration::from_millis(1500), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond the cap");
+    drop(held.pop());
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("served once a slot frees")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
