@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # A local dtable-cluster on 127.0.0.1, without containers: a 3-member etcd cluster, two control
-# planes and three stand-in dtable-servers, each with its agent. Everything runs in the
-# background with its pid file and log under deploy/local/run/.
+# planes, three stand-in dtable-servers, each with its agent, and dtable-proxy in front of them
+# (routing 5550, admin 5555). Everything runs in the background with its pid file and log under
+# deploy/local/run/.
 #
 #   cluster.sh up       install etcd/protoc if missing, build, start, wait until all 256 buckets
 #                       are placed, print where to look
 #   cluster.sh status   which processes run, and the bucket counts per node
 #   cluster.sh logs     the tail of every log (or: cluster.sh logs NAME [LINES])
-#   cluster.sh down     stop everything (agents first, so they revoke their leases), remove run/
+#   cluster.sh down     stop everything (agents first, so they revoke their leases; etcd last),
+#                       remove run/
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,24 +22,32 @@ UP_TIMEOUT=60
 STOP_TIMEOUT=10
 # The agents' registration lease: short, so a killed server's buckets move within seconds.
 LEASE_TTL=10
+# The proxy's ports: routing and admin.
+PROXY_PORT=5550
+ADMIN_PORT=5555
+
+# A base UUID for the examples `up` prints.
+EXAMPLE_BASE=4a7f2e3c-1b2d-4c5e-8f90-123456789abc
 
 ETCD_ENDPOINTS="127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
 ETCD_PEERS="etcd1=http://127.0.0.1:2380,etcd2=http://127.0.0.1:22380,etcd3=http://127.0.0.1:32380"
 export ETCDCTL_API=3
 
-# Every process, in start order. `down` stops them in groups: agents, then servers and
-# control planes, then the etcd members.
+# Every process, in start order. `down` stops them in groups: agents, then the proxy, servers
+# and control planes, then the etcd members.
 ETCDS=(etcd1 etcd2 etcd3)
 CPS=(cp1 cp2)
 SIMS=(sim1 sim2 sim3)
+PROXIES=(proxy)
 AGENTS=(agent1 agent2 agent3)
-ALL=("${ETCDS[@]}" "${CPS[@]}" "${SIMS[@]}" "${AGENTS[@]}")
+ALL=("${ETCDS[@]}" "${CPS[@]}" "${SIMS[@]}" "${PROXIES[@]}" "${AGENTS[@]}")
 
 # The ports each process listens on (agents listen on none yet).
 declare -A PORTS=(
   [etcd1]="2379 2380" [etcd2]="22379 22380" [etcd3]="32379 32380"
   [cp1]="5580 5581" [cp2]="15580 15581"
   [sim1]="5001" [sim2]="5002" [sim3]="5003"
+  [proxy]="$PROXY_PORT $ADMIN_PORT"
 )
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
@@ -48,6 +58,7 @@ exe_of() {
     etcd*) echo etcd ;;
     cp*) echo dtable-controlplane ;;
     sim*) echo dtable-server-sim ;;
+    proxy) echo dtable-proxy ;;
     agent*) echo dtable-agent ;;
   esac
 }
@@ -74,11 +85,16 @@ command_of() {
         --grpc-listen "127.0.0.1:$((base + 5580))" --http-listen "127.0.0.1:$((base + 5581))")
       ;;
     sim*)
-      CMD=("$BIN/dtable-server-sim" --listen "127.0.0.1:500$n" --node-id "dtable-server-$n")
-      # A sim that can follow the assignment serves only the buckets etcd gives it.
-      if "$BIN/dtable-server-sim" --help 2>/dev/null | grep -q -- '--etcd '; then
-        CMD+=(--etcd "$ETCD_ENDPOINTS")
-      fi
+      # --etcd: the sim serves only the buckets etcd assigns it, and answers 409 with
+      # X-Dtable-Not-Owner: 1 for the others.
+      CMD=("$BIN/dtable-server-sim" --listen "127.0.0.1:500$n" --node-id "dtable-server-$n"
+        --etcd "$ETCD_ENDPOINTS")
+      ;;
+    proxy)
+      # A short shutdown grace, so `down` (which waits STOP_TIMEOUT per group) sees it exit.
+      CMD=("$BIN/dtable-proxy" --etcd "$ETCD_ENDPOINTS"
+        --listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT"
+        --shutdown-grace 5s)
       ;;
     agent*)
       CMD=("$BIN/dtable-agent" --etcd "$ETCD_ENDPOINTS" --node-id "dtable-server-$n"
@@ -222,6 +238,8 @@ cps_healthy() {
   http_ok http://127.0.0.1:5581/healthz ok && http_ok http://127.0.0.1:15581/healthz ok
 }
 
+proxy_ready() { http_ok "http://127.0.0.1:$ADMIN_PORT/readyz" ready; }
+
 # Ready: the 256 buckets are all placed, over exactly the three registered servers, balanced.
 placed() {
   local counts
@@ -270,16 +288,24 @@ cmd_up() {
   for name in "${SIMS[@]}" "${CPS[@]}"; do start "$name"; done
   wait_for "the servers to answer /ping/" sims_answer "" "${SIMS[@]}"
   wait_for "the control planes' /healthz" cps_healthy "" "${CPS[@]}"
+  echo "starting the proxy (routing :$PROXY_PORT, admin :$ADMIN_PORT)"
+  start proxy
+  wait_for "the proxy's /readyz" proxy_ready "" proxy
   echo "starting 3 agents (lease TTL ${LEASE_TTL}s)"
   for name in "${AGENTS[@]}"; do start "$name"; done
   wait_for "all 256 buckets to be placed over the 3 servers" placed "${CPS[*]} ${AGENTS[*]}" \
-    "${ETCDS[@]}" "${CPS[@]}" "${SIMS[@]}" "${AGENTS[@]}"
+    "${ETCDS[@]}" "${CPS[@]}" "${SIMS[@]}" proxy "${AGENTS[@]}"
   trap - INT TERM
 
   cat <<EOF
 
 dtable-cluster is up on 127.0.0.1 (leader: $(leader)).
 
+  proxy           routing http://127.0.0.1:$PROXY_PORT   admin http://127.0.0.1:$ADMIN_PORT
+                  curl -si http://127.0.0.1:$PROXY_PORT/dtables/$EXAMPLE_BASE | grep -i x-dtable-node
+                  curl -X POST http://127.0.0.1:$ADMIN_PORT/rebalance/
+                  curl http://127.0.0.1:$ADMIN_PORT/api/v1/lookup/$EXAMPLE_BASE
+                  curl http://127.0.0.1:$ADMIN_PORT/metrics      (and /healthz, /readyz)
   control planes  cp1  HTTP http://127.0.0.1:5581   gRPC 127.0.0.1:5580
                   cp2  HTTP http://127.0.0.1:15581  gRPC 127.0.0.1:15580
   HTTP API        curl http://127.0.0.1:5581/api/v1/nodes
@@ -334,7 +360,8 @@ stop_all() {
   # shellcheck disable=SC2046
   {
     stop_pids $(pids_of "${AGENTS[@]}"; marked_running dtable-agent)
-    stop_pids $(pids_of "${SIMS[@]}" "${CPS[@]}"; marked_running dtable-server-sim; marked_running dtable-controlplane)
+    stop_pids $(pids_of "${PROXIES[@]}" "${SIMS[@]}" "${CPS[@]}"; marked_running dtable-proxy
+      marked_running dtable-server-sim; marked_running dtable-controlplane)
     # One member at a time: members stopped together each wait out a leadership transfer.
     stop_pids $(pids_of etcd3)
     stop_pids $(pids_of etcd2)
@@ -353,7 +380,7 @@ cmd_down() {
     echo "the local cluster is not running"
     return
   fi
-  echo "stopping agents (they revoke their leases), then servers and control planes, then etcd"
+  echo "stopping agents (they revoke their leases), then the proxy, servers and control planes, then etcd"
   stop_all || die "some processes did not stop: $(marked_pids | tr '\n' ' ')"
   rm -rf "$RUN"
   echo "stopped; removed $RUN"
