@@ -1,12 +1,17 @@
 //! The agent's configuration: flags with environment twins, completed from SeaTable's
 //! `dtable_server_config.json`, validated once at start-up.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use clap::Parser;
 use dtable_core::cli::EtcdArgs;
 use dtable_core::config::ConfigError;
 use dtable_core::etcd::EtcdOptions;
 use dtable_core::node::MAX_WEIGHT;
 use dtable_core::{KeyLayout, LeaseTiming, NodeId};
+
+use crate::health::ProbeSettings;
 
 /// Command-line flags of `dtable-agent`.
 #[derive(Debug, Clone, Parser)]
@@ -34,6 +39,44 @@ pub struct Args {
     /// Relative share of buckets (1..=1000).
     #[arg(long, env = "DTABLE_WEIGHT", default_value_t = 1)]
     pub weight: u32,
+    /// The local push API (gRPC `LocalAgent`) for the server.
+    #[arg(
+        long,
+        env = "DTABLE_AGENT_GRPC_LISTEN",
+        default_value = "127.0.0.1:5570"
+    )]
+    pub grpc_listen: SocketAddr,
+    /// The HTTP twin of the push API, with /metrics and /healthz.
+    #[arg(
+        long,
+        env = "DTABLE_AGENT_HTTP_LISTEN",
+        default_value = "127.0.0.1:5571"
+    )]
+    pub http_listen: SocketAddr,
+    /// The server's health probe; defaults to <local-node-url>/ping/.
+    #[arg(long, env = "DTABLE_HEALTH_URL")]
+    pub health_url: Option<String>,
+    /// Time between health probes.
+    #[arg(long, env = "DTABLE_HEALTH_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub health_interval: Duration,
+    /// Time allowed for one probe.
+    #[arg(long, env = "DTABLE_HEALTH_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub health_timeout: Duration,
+    /// Successful probes in a row before the server is registered.
+    #[arg(long, env = "DTABLE_HEALTHY_AFTER", default_value_t = 2)]
+    pub healthy_after: u32,
+    /// Timed-out or failed probes in a row before the server counts as dead (a refused
+    /// connection counts at once).
+    #[arg(long, env = "DTABLE_UNHEALTHY_AFTER", default_value_t = 3)]
+    pub unhealthy_after: u32,
+    /// On SIGTERM the node drains by handoff; past this time the agent fences its server and
+    /// leaves anyway.
+    #[arg(long, env = "DTABLE_DRAIN_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub drain_timeout: Duration,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 500ms, 2m)"))
 }
 
 /// The validated configuration.
@@ -53,6 +96,14 @@ pub struct AgentConfig {
     pub lease_ttl: i64,
     /// Share weight.
     pub weight: u32,
+    /// gRPC push API address.
+    pub grpc_listen: SocketAddr,
+    /// HTTP twin address.
+    pub http_listen: SocketAddr,
+    /// Health probe.
+    pub probe: ProbeSettings,
+    /// Longest drain.
+    pub drain_timeout: Duration,
 }
 
 impl Args {
@@ -95,6 +146,25 @@ impl Args {
                 format!("{} is outside 1..={MAX_WEIGHT}", self.weight),
             ));
         }
+        let health_url = self
+            .health_url
+            .unwrap_or_else(|| format!("{}/ping/", local_node_url.trim_end_matches('/')));
+        let url: hyper::Uri = health_url
+            .parse()
+            .map_err(|e| ConfigError::field("--health-url", format!("{health_url:?}: {e}")))?;
+        if self.healthy_after == 0 || self.unhealthy_after == 0 {
+            return Err(ConfigError::field(
+                "--healthy-after",
+                "thresholds must be at least 1",
+            ));
+        }
+        let probe = ProbeSettings {
+            url,
+            interval: self.health_interval,
+            timeout: self.health_timeout,
+            healthy_after: self.healthy_after,
+            unhealthy_after: self.unhealthy_after,
+        };
         Ok(AgentConfig {
             etcd,
             keys,
@@ -103,6 +173,10 @@ impl Args {
             local_node_url,
             lease_ttl: self.lease_ttl,
             weight: self.weight,
+            grpc_listen: self.grpc_listen,
+            http_listen: self.http_listen,
+            probe,
+            drain_timeout: self.drain_timeout,
         })
     }
 }

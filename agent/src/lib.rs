@@ -1,16 +1,29 @@
-//! dtable-agent: the sidecar beside one dtable-server. It registers the server in etcd under a
-//! lease and keeps that lease alive; when the lease is lost it registers again with a new one;
-//! on shutdown it revokes the lease so the server's buckets move at once.
+//! dtable-agent: the sidecar beside one dtable-server (mode `managed`). It probes the server,
+//! registers it in etcd under a lease only while it is healthy, and pushes the server's share
+//! of the assignment over a local stream that carries a serving lease the server enforces.
+//! When it can no longer renew its lease, or the server dies, it fences the server before the
+//! lease can free the buckets for others. On SIGTERM it drains the node by handoff.
 
 pub mod config;
+pub mod health;
+pub mod local;
+pub mod push;
 pub mod registration;
+mod supervisor;
 
-use dtable_core::etcd::{Backoff, CALL_TIMEOUT, EtcdError, connect, lease_lost};
-use etcd_client::Client;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+use dtable_core::LeaseTiming;
+use dtable_core::etcd::{ClusterWatch, EtcdError, connect};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{AgentConfig, Args};
-use registration::{RegisterError, register, start_lease};
+use local::{Contact, Local};
+use push::{Phase, PushState};
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -18,78 +31,115 @@ pub enum AgentError {
     /// etcd could not be reached at start-up.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
-/// Runs the agent until `shutdown`; then revokes the lease and returns.
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    let client = connect(&cfg.etcd).await?;
-    let mut backoff = Backoff::default();
-    loop {
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-        // Stopped explicitly, after shutdown is handled, so a shutdown never looks like a lost lease.
-        let stop = CancellationToken::new();
-        let (lease, mut lease_rx, _keeper) = match start_lease(&client, cfg.lease_ttl, stop.clone())
+/// Runs the agent until it has drained after `shutdown`, or fails to start.
+pub async fn run(
+    cfg: AgentConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
             .await
-        {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.peek().as_millis() as u64, "cannot grant a lease");
-                backoff.wait(&shutdown).await;
-                continue;
-            }
-        };
-        match register(&client, &cfg, lease, &mut lease_rx, &shutdown).await {
-            Ok(_) => backoff.reset(),
-            Err(RegisterError::Shutdown) => {
-                stop.cancel();
-                revoke(&client, lease).await;
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "registration failed; starting over with a new lease");
-                stop.cancel();
-                revoke(&client, lease).await;
-                backoff.wait(&shutdown).await;
-                continue;
-            }
-        }
-        metrics::gauge!("dtable_agent_registered").set(1.0);
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                stop.cancel();
-                revoke(&client, lease).await;
-                metrics::gauge!("dtable_agent_registered").set(0.0);
-                return Ok(());
-            }
-            reason = lease_lost(&mut lease_rx) => {
-                metrics::gauge!("dtable_agent_registered").set(0.0);
-                metrics::counter!("dtable_agent_reregistrations_total").increment(1);
-                tracing::error!(node_id = %cfg.node_id, %reason, "registration lease lost; registering again with a new lease");
-                stop.cancel();
-                backoff.wait(&shutdown).await;
-            }
-        }
-    }
+            .map_err(|source| AgentError::Listen { addr, source })
+    };
+    let grpc = bind(cfg.grpc_listen).await?;
+    let http = bind(cfg.http_listen).await?;
+    let client = connect(&cfg.etcd).await?;
+    let timing = LeaseTiming::new(cfg.lease_ttl).expect("validated at start-up");
+    // Everything below runs until the agent has fenced and revoked, after the drain.
+    let background = CancellationToken::new();
+
+    let (watcher, view_rx) = ClusterWatch::new(client.clone(), cfg.keys.clone());
+    tokio::spawn(watcher.run(background.clone()));
+    let (healthy_tx, healthy_rx) = watch::channel(false);
+    tokio::spawn(health::run(
+        cfg.probe.clone(),
+        healthy_tx,
+        background.clone(),
+    ));
+
+    let (phase_tx, phase_rx) = watch::channel(Phase::Fenced);
+    let initial = PushState::compute(&view_rx.borrow(), &cfg.node_id, &Phase::Fenced, 0);
+    let (state_tx, state_rx) = watch::channel(Arc::new(initial));
+    tokio::spawn(publish(
+        view_rx.clone(),
+        phase_rx,
+        cfg.node_id.clone(),
+        state_tx,
+        background.clone(),
+    ));
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let local = Local {
+        node_id: cfg.node_id.clone(),
+        keys: cfg.keys.clone(),
+        client: client.clone(),
+        state_rx,
+        events_tx,
+        contact: Arc::new(Contact::default()),
+        lease: Arc::new(AtomicI64::new(0)),
+        push_interval: timing.interval,
+        metrics,
+    };
+    tokio::spawn(local::serve_grpc(grpc, local.clone(), background.clone()));
+    tokio::spawn(local::serve_http(http, local.clone(), background.clone()));
+    tracing::info!(grpc = %cfg.grpc_listen, http = %cfg.http_listen, health = %cfg.probe.url, "local API listening; server fenced until registered");
+
+    let sup = supervisor::Supervisor {
+        cfg,
+        client,
+        timing,
+        view_rx,
+        healthy_rx,
+        phase_tx,
+        events_rx,
+        local,
+    };
+    sup.run(shutdown).await;
+    background.cancel();
+    Ok(())
 }
 
-/// Revokes a lease so every key on it goes at once; failures are logged, since the lease then
-/// simply expires after its TTL.
-pub async fn revoke(client: &Client, lease: i64) {
-    let mut client = client.clone();
-    match tokio::time::timeout(CALL_TIMEOUT, client.lease_revoke(lease)).await {
-        Ok(Ok(_)) => tracing::info!(
-            lease = format!("{lease:x}"),
-            "lease revoked; registration removed"
-        ),
-        Ok(Err(e)) => {
-            tracing::warn!(lease = format!("{lease:x}"), error = %e, "lease revoke failed; it expires after its TTL")
+/// Recomputes what the server is told whenever the view or the phase changes.
+async fn publish(
+    mut view_rx: dtable_core::etcd::ViewRx,
+    mut phase_rx: watch::Receiver<Phase>,
+    node: dtable_core::NodeId,
+    state_tx: watch::Sender<Arc<PushState>>,
+    stop: CancellationToken,
+) {
+    let mut version = 0;
+    loop {
+        let view = view_rx.borrow_and_update().clone();
+        let phase = phase_rx.borrow_and_update().clone();
+        version += 1;
+        let next = PushState::compute(&view, &node, &phase, version);
+        state_tx.send_if_modified(|cur| {
+            let same = cur.owned == next.owned
+                && cur.release == next.release
+                && cur.fenced == next.fenced
+                && cur.deadline == next.deadline
+                && cur.revision == next.revision;
+            if !same {
+                metrics::gauge!("dtable_agent_owned_buckets").set(next.owned.len() as f64);
+                *cur = Arc::new(next);
+            }
+            !same
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = view_rx.changed() => if r.is_err() { return },
+            r = phase_rx.changed() => if r.is_err() { return },
         }
-        Err(_) => tracing::warn!(
-            lease = format!("{lease:x}"),
-            "lease revoke timed out; it expires after its TTL"
-        ),
     }
 }

@@ -171,3 +171,41 @@ pub async fn start_lease(
     );
     Ok((id, rx, tokio::spawn(keeper.run(stop))))
 }
+
+/// Marks our record `draining`, only if the key is still ours (attached to `lease`).
+pub async fn mark_draining(
+    client: &Client,
+    cfg: &AgentConfig,
+    lease: i64,
+) -> Result<bool, RegisterError> {
+    let key = cfg.keys.node(&cfg.node_id);
+    let mut record = node_record(cfg);
+    record.state = NodeState::Draining;
+    let txn = Txn::new()
+        .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            record.to_json(),
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    Ok(call(client.clone().txn(txn)).await?.succeeded())
+}
+
+/// Revokes a lease so every key on it goes at once; failures are logged, since the lease then
+/// simply expires after its TTL.
+pub async fn revoke(client: &Client, lease: i64) {
+    let mut client = client.clone();
+    match timeout(CALL_TIMEOUT, client.lease_revoke(lease)).await {
+        Ok(Ok(_)) => tracing::info!(
+            lease = format!("{lease:x}"),
+            "lease revoked; registration removed"
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(lease = format!("{lease:x}"), error = %e, "lease revoke failed; it expires after its TTL")
+        }
+        Err(_) => tracing::warn!(
+            lease = format!("{lease:x}"),
+            "lease revoke timed out; it expires after its TTL"
+        ),
+    }
+}

@@ -44,6 +44,21 @@ pub struct Args {
     /// (`POST /rebalance/` on the proxy).
     #[arg(long, env = "DTABLE_AUTO_REBALANCE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_rebalance: bool,
+    /// A planned move whose release is not acknowledged within this time is abandoned and the
+    /// bucket stays where it is. Keep proxies' --hold-timeout at or above it.
+    #[arg(long, env = "DTABLE_RELEASE_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub release_timeout: Duration,
+    /// At most this many planned moves in flight at once.
+    #[arg(long, env = "DTABLE_MAX_CONCURRENT_MOVES", default_value_t = 16)]
+    pub max_concurrent_moves: usize,
+    /// A node that left less than this long ago gets no buckets when it returns, so a
+    /// flapping node cannot churn the cluster.
+    #[arg(long, env = "DTABLE_REJOIN_HOLD", default_value = "30s", value_parser = duration)]
+    pub rejoin_hold: Duration,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 500ms, 2m)"))
 }
 
 /// The validated configuration.
@@ -67,6 +82,8 @@ pub struct ControlPlaneConfig {
     pub repair_interval: Duration,
     /// Whether to rebalance between live nodes without being asked.
     pub auto_rebalance: bool,
+    /// Limits of planned moves.
+    pub handoff: crate::handoff::HandoffSettings,
 }
 
 impl Args {
@@ -76,6 +93,12 @@ impl Args {
         let (etcd, keys) = self.etcd.resolve(&file)?;
         LeaseTiming::new(self.election_ttl)
             .map_err(|e| ConfigError::field("--election-ttl", e.to_string()))?;
+        if self.max_concurrent_moves == 0 {
+            return Err(ConfigError::field(
+                "--max-concurrent-moves",
+                "must be at least 1",
+            ));
+        }
         if self.repair_interval == 0 {
             return Err(ConfigError::field(
                 "--repair-interval",
@@ -98,6 +121,11 @@ impl Args {
             debounce: Duration::from_millis(self.debounce_ms),
             repair_interval: Duration::from_secs(self.repair_interval),
             auto_rebalance: self.auto_rebalance,
+            handoff: crate::handoff::HandoffSettings {
+                release_timeout: self.release_timeout,
+                max_concurrent: self.max_concurrent_moves,
+                rejoin_hold: self.rejoin_hold,
+            },
         })
     }
 }

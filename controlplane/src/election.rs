@@ -63,6 +63,7 @@ pub async fn run_election(
                 debounce: cfg.debounce,
                 repair_interval: cfg.repair_interval,
                 auto_rebalance: cfg.auto_rebalance,
+                handoff: cfg.handoff,
             };
             let why = lead(
                 writer,

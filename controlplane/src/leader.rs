@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtable_core::ClusterView;
 use dtable_core::etcd::{LeaseState, ViewRx, lease_lost};
 use dtable_core::keys::REBALANCE_REQUEST;
 use dtable_core::placement::{Policy, place};
+use dtable_core::{ClusterView, NodeState};
 use tokio::sync::watch;
-use tokio::time::sleep;
+use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
+use crate::handoff::{HandoffSettings, LeaderMemory, Verdict, split};
 use crate::writer::{AssignmentWriter, WriteOutcome};
 
 /// Why the leader loop ended.
@@ -35,6 +36,16 @@ pub struct LeaderSettings {
     pub repair_interval: Duration,
     /// Rebalance between live nodes without a request.
     pub auto_rebalance: bool,
+    /// Limits of planned moves.
+    pub handoff: HandoffSettings,
+}
+
+/// The nodes and their states and weights: what a membership change changes.
+fn membership(view: &ClusterView) -> Vec<(&str, NodeState, u32)> {
+    view.nodes
+        .values()
+        .map(|n| (n.record.node_id.as_str(), n.record.state, n.record.weight))
+        .collect()
 }
 
 /// What one reconciliation pass came to.
@@ -61,25 +72,21 @@ pub async fn lead(
 ) -> Stepdown {
     let mut min_revision = since;
     let mut warned_empty = false;
+    let mut memory = LeaderMemory::default();
     loop {
         let view: Arc<ClusterView> = view_rx.borrow_and_update().clone();
         let mut retry_soon = false;
         if view.revision >= min_revision {
-            if view.eligible().is_empty() {
-                if !warned_empty {
-                    tracing::warn!(
-                        "no eligible node is registered; leaving the assignment as it is"
-                    );
-                }
-                warned_empty = true;
-            } else {
-                warned_empty = false;
-                match reconcile(&writer, &view, settings).await {
-                    Ok(Pass::Settled) => {}
-                    Ok(Pass::Wrote(rev) | Pass::Stale(rev)) => min_revision = rev,
-                    Ok(Pass::Failed) => retry_soon = true,
-                    Err(stepdown) => return stepdown,
-                }
+            let empty = view.eligible().is_empty();
+            if empty && !warned_empty {
+                tracing::warn!("no eligible node is registered; leaving the assignment as it is");
+            }
+            warned_empty = empty;
+            match reconcile(&writer, &view, settings, &mut memory).await {
+                Ok(Pass::Settled) => {}
+                Ok(Pass::Wrote(rev) | Pass::Stale(rev)) => min_revision = rev,
+                Ok(Pass::Failed) => retry_soon = true,
+                Err(stepdown) => return stepdown,
             }
         }
         let next_pass = if retry_soon {
@@ -95,10 +102,14 @@ pub async fn lead(
                 if changed.is_err() {
                     return Stepdown::Shutdown;
                 }
-                // Let a burst of changes settle into one placement.
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Stepdown::Shutdown,
-                    _ = sleep(settings.debounce) => {}
+                // Let a burst of membership changes settle into one placement; other
+                // changes (acks, moves, hand edits) are acted on at once.
+                let newer = view_rx.borrow().clone();
+                if membership(&newer) != membership(&view) {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Stepdown::Shutdown,
+                        _ = sleep(settings.debounce) => {}
+                    }
                 }
             }
             _ = sleep(next_pass) => {}
@@ -106,15 +117,67 @@ pub async fn lead(
     }
 }
 
-/// Places the buckets from `view` and writes the difference. A rebalance request (an intent
-/// anyone may write) lifts the move cap of `--auto-rebalance=false` once, and is cleared when
-/// carried out.
+/// Tends the moves in flight, places the buckets from `view`, writes orphans directly and
+/// starts handoffs for the rest. A rebalance request (an intent anyone may write) lifts the
+/// move cap of `--auto-rebalance=false` once, and is cleared when carried out.
 async fn reconcile(
     writer: &AssignmentWriter,
     view: &ClusterView,
     settings: LeaderSettings,
+    memory: &mut LeaderMemory,
 ) -> Result<Pass, Stepdown> {
-    let nodes = view.eligible();
+    let now = Instant::now();
+    memory.observe(view, now, &settings.handoff);
+    let mut outcome = Outcome::default();
+
+    // 1. Moves in flight: commit the acknowledged ones, abandon the hopeless ones.
+    for (&bucket, mv) in &view.moves {
+        let result = match memory.verdict(view, bucket, now, &settings.handoff) {
+            Verdict::Wait => continue,
+            Verdict::Commit => {
+                let r = writer.commit_move(view, bucket, mv).await;
+                if let Ok(Some(_)) = r {
+                    metrics::counter!("dtable_moves_total", "result" => "committed").increment(1);
+                    tracing::info!(%bucket, from = %mv.from, to = %mv.to, move_id = mv.create_revision, "handoff committed");
+                }
+                r
+            }
+            Verdict::Abandon(why) => {
+                let r = writer.abandon_move(bucket, mv.create_revision).await;
+                if let Ok(Some(_)) = r {
+                    metrics::counter!("dtable_moves_total", "result" => why).increment(1);
+                    tracing::warn!(%bucket, from = %mv.from, to = %mv.to, move_id = mv.create_revision, reason = why, "move abandoned");
+                }
+                r
+            }
+        };
+        outcome.note(result);
+    }
+
+    // Acks that arrived after their move ended (the releasing agent's view lagged) go.
+    let live_acks: Vec<String> = view
+        .moves
+        .iter()
+        .map(|(b, m)| dtable_core::keys::ack_name(*b, m.create_revision))
+        .collect();
+    for (name, (_, rev)) in view.cluster_keys.range("acks/".to_owned()..) {
+        if !name.starts_with("acks/") {
+            break;
+        }
+        if !live_acks.contains(name) {
+            outcome.note(writer.delete_stale_ack(name, *rev).await);
+        }
+    }
+
+    // 2. Placement. Buckets with a move in flight wait for it to end.
+    let nodes = memory.eligible(view);
+    if nodes.is_empty() {
+        return outcome.finish(writer, view).await;
+    }
+    let held = memory.held_back(view);
+    if !held.is_empty() {
+        tracing::debug!(?held, "returning nodes wait out the rejoin hold");
+    }
     let request = view
         .cluster_keys
         .get(REBALANCE_REQUEST)
@@ -126,55 +189,95 @@ async fn reconcile(
             max_rebalance_moves: Some(0),
         }
     };
-    let placement = place(&view.table(), &nodes, &policy);
-    let pass = if placement.moves.is_empty() {
-        Pass::Settled
-    } else {
-        match writer.apply(view, &placement.moves).await {
-            Ok(WriteOutcome::Applied { revision }) => {
-                let orphans = placement
-                    .moves
-                    .iter()
-                    .filter(|m| m.from.as_ref().is_none_or(|f| !view.nodes.contains_key(f)))
-                    .count();
-                metrics::counter!("dtable_placement_moves_total")
-                    .increment(placement.moves.len() as u64);
-                tracing::info!(
-                    moved = placement.moves.len(),
-                    orphans_placed = orphans,
-                    rebalanced = placement.moves.len() - orphans,
-                    nodes = nodes.len(),
-                    revision,
-                    "assignment written"
-                );
-                Pass::Wrote(revision)
-            }
-            Ok(WriteOutcome::Rejected { applied, revision }) => {
-                if let Ok(false) = writer.still_leader().await {
-                    tracing::warn!("placement write rejected: no longer the leader");
-                    return Err(Stepdown::Deposed);
-                }
-                tracing::info!(
-                    applied,
-                    revision,
-                    view_revision = view.revision,
-                    "placement write rejected: view is stale; waiting for it to catch up"
-                );
-                return Ok(Pass::Stale(revision));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "placement write failed; retrying");
-                return Ok(Pass::Failed);
-            }
+    let mut placement = place(&view.table(), &nodes, &policy);
+    placement
+        .moves
+        .retain(|m| !view.moves.contains_key(&m.bucket));
+    let (direct, handoffs) = split(view, placement.moves);
+
+    if !direct.is_empty() {
+        let result = writer.apply(view, &direct).await;
+        if let Ok(WriteOutcome::Applied { .. }) = result {
+            metrics::counter!("dtable_placement_moves_total").increment(direct.len() as u64);
+            tracing::info!(
+                placed = direct.len(),
+                nodes = nodes.len(),
+                "orphaned buckets placed"
+            );
         }
-    };
-    if let Some(rev) = request
-        && writer.clear_rebalance_request(rev).await.unwrap_or(false)
-    {
-        tracing::info!(
-            moved = placement.moves.len(),
-            "rebalance request carried out"
+        outcome.note(result.map(|w| match w {
+            WriteOutcome::Applied { revision } => Some(revision),
+            WriteOutcome::Rejected { .. } => None,
+        }));
+    }
+    let room = settings
+        .handoff
+        .max_concurrent
+        .saturating_sub(view.moves.len());
+    for (bucket, from, to) in handoffs.iter().take(room) {
+        let result = writer.start_move(view, *bucket, from, to).await;
+        if let Ok(Some(id)) = result {
+            metrics::counter!("dtable_moves_total", "result" => "started").increment(1);
+            tracing::info!(%bucket, %from, %to, move_id = id, "handoff started");
+        }
+        outcome.note(result);
+    }
+    if handoffs.len() > room {
+        tracing::debug!(
+            waiting = handoffs.len() - room,
+            "moves wait for a free slot"
         );
     }
-    Ok(pass)
+    // The request stays until the cluster is balanced, so a leader change mid-rebalance
+    // loses none of it.
+    if let Some(rev) = request
+        && handoffs.is_empty()
+        && view.moves.is_empty()
+        && outcome.rejected == 0
+        && outcome.failed == 0
+        && writer.clear_rebalance_request(rev).await.unwrap_or(false)
+    {
+        tracing::info!("rebalance request carried out");
+    }
+    outcome.finish(writer, view).await
+}
+
+/// Tally of one pass's writes.
+#[derive(Default)]
+struct Outcome {
+    /// Highest commit revision.
+    wrote: Option<i64>,
+    rejected: usize,
+    failed: usize,
+}
+
+impl Outcome {
+    fn note(&mut self, result: Result<Option<i64>, etcd_client::Error>) {
+        match result {
+            Ok(Some(rev)) => self.wrote = Some(self.wrote.map_or(rev, |w| w.max(rev))),
+            Ok(None) => self.rejected += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "placement write failed; retrying");
+                self.failed += 1;
+            }
+        }
+    }
+
+    async fn finish(self, writer: &AssignmentWriter, view: &ClusterView) -> Result<Pass, Stepdown> {
+        if self.rejected > 0 {
+            if let Ok(false) = writer.still_leader().await {
+                tracing::warn!("placement write rejected: no longer the leader");
+                return Err(Stepdown::Deposed);
+            }
+            tracing::debug!(
+                view_revision = view.revision,
+                "a guarded write was rejected: view is stale; waiting for it to catch up"
+            );
+            return Ok(Pass::Stale(view.revision + 1));
+        }
+        if self.failed > 0 {
+            return Ok(Pass::Failed);
+        }
+        Ok(self.wrote.map_or(Pass::Settled, Pass::Wrote))
+    }
 }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod election;
+pub mod handoff;
 pub mod leader;
 pub mod writer;
 

@@ -4,7 +4,8 @@
 //! at most 128 compares and 128 operations per transaction, so big changes are split.
 
 use dtable_core::placement::Move;
-use dtable_core::{ClusterView, KeyLayout};
+use dtable_core::view::MoveEntry;
+use dtable_core::{Bucket, ClusterView, KeyLayout, NodeId};
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
 /// At most this many operations and compares in one transaction (etcd's --max-txn-ops).
@@ -124,5 +125,145 @@ impl AssignmentWriter {
             .kvs()
             .first()
             .is_some_and(|kv| kv.create_revision() == self.leader.create_revision))
+    }
+}
+
+/// Planned moves: start, commit and abandon, each guarded as the contract's handoff protocol
+/// says.
+impl AssignmentWriter {
+    fn leader_guard(&self) -> Compare {
+        Compare::create_revision(
+            self.leader.key.clone(),
+            CompareOp::Equal,
+            self.leader.create_revision,
+        )
+    }
+
+    async fn commit(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        let resp = self
+            .client
+            .clone()
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Starts moving `bucket` from `from` to `to`: creates `dtable-cluster/moves/<xx>` if no move
+    /// is in flight and `assign-<xx>` is as `view` saw it. Returns the commit revision (the
+    /// move id), or `None` when a guard failed.
+    pub async fn start_move(
+        &self,
+        view: &ClusterView,
+        bucket: Bucket,
+        from: &NodeId,
+        to: &NodeId,
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        let assign = self.keys.assign(bucket);
+        let seen = view.assignment[bucket.index()]
+            .as_ref()
+            .map_or(0, |a| a.mod_revision);
+        let key = self.keys.move_key(bucket);
+        let value = serde_json::json!({
+            "from": from.as_str(),
+            "to": to.as_str(),
+            "started_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        });
+        self.commit(
+            vec![
+                self.leader_guard(),
+                Compare::mod_revision(assign, CompareOp::Equal, seen),
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            ],
+            vec![TxnOp::put(key, value.to_string(), None)],
+        )
+        .await
+    }
+
+    /// Completes a move once its ack exists: `assign-<xx>` = `to`, and the move and the ack are
+    /// deleted, in one transaction that also checks the move id, the ack, `assign-<xx>`
+    /// unchanged since the move started, and that `to` is still registered.
+    pub async fn commit_move(
+        &self,
+        view: &ClusterView,
+        bucket: Bucket,
+        mv: &MoveEntry,
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        let Ok(to) = NodeId::new(mv.to.clone()) else {
+            return Ok(None);
+        };
+        let assign = self.keys.assign(bucket);
+        let assign_rev = view.assignment[bucket.index()]
+            .as_ref()
+            .map_or(0, |a| a.mod_revision);
+        if assign_rev >= mv.create_revision {
+            return Ok(None); // the assignment changed after the move began
+        }
+        let ack = self.keys.ack(bucket, mv.create_revision);
+        let key = self.keys.move_key(bucket);
+        self.commit(
+            vec![
+                self.leader_guard(),
+                Compare::create_revision(key.as_str(), CompareOp::Equal, mv.create_revision),
+                Compare::version(ack.as_str(), CompareOp::Greater, 0),
+                Compare::mod_revision(assign.as_str(), CompareOp::Equal, assign_rev),
+                Compare::version(self.keys.node(&to), CompareOp::Greater, 0),
+            ],
+            vec![
+                TxnOp::put(assign, to.as_str(), None),
+                TxnOp::delete(key, None),
+                TxnOp::delete(ack, None),
+            ],
+        )
+        .await
+    }
+
+    /// Deletes an ack (by its name under `dtable-cluster/`) that arrived after its move ended,
+    /// unless it changed since seen.
+    pub async fn delete_stale_ack(
+        &self,
+        name: &str,
+        mod_revision: i64,
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        let key = format!(
+            "{}{}{name}",
+            self.keys.prefix(),
+            dtable_core::keys::CLUSTER_PREFIX
+        );
+        self.commit(
+            vec![Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                mod_revision,
+            )],
+            vec![TxnOp::delete(key, None)],
+        )
+        .await
+    }
+
+    /// Abandons a move: deletes it and its ack (if any), guarded by the move id, so a newer
+    /// move of the same bucket is never touched. The bucket stays with its owner.
+    pub async fn abandon_move(
+        &self,
+        bucket: Bucket,
+        move_id: i64,
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        let key = self.keys.move_key(bucket);
+        self.commit(
+            vec![
+                self.leader_guard(),
+                Compare::create_revision(key.as_str(), CompareOp::Equal, move_id),
+            ],
+            vec![
+                TxnOp::delete(key, None),
+                TxnOp::delete(self.keys.ack(bucket, move_id), None),
+            ],
+        )
+        .await
     }
 }

@@ -12,6 +12,12 @@ pub const CLUSTER_PREFIX: &str = "dtable-cluster/";
 /// [`CLUSTER_PREFIX`].
 pub const REBALANCE_REQUEST: &str = "requests/rebalance";
 
+/// The name of a release ack relative to [`CLUSTER_PREFIX`], as the view's `cluster_keys`
+/// holds it.
+pub fn ack_name(bucket: Bucket, move_id: i64) -> String {
+    format!("acks/{bucket}/{move_id}")
+}
+
 /// Builds and classifies keys under an optional namespace prefix.
 ///
 /// The prefix must stay empty wherever dtable-web reads the keys; it exists for test isolation
@@ -75,6 +81,16 @@ impl KeyLayout {
     /// rebalance.
     pub fn rebalance_request(&self) -> String {
         format!("{}{CLUSTER_PREFIX}{REBALANCE_REQUEST}", self.prefix)
+    }
+
+    /// `<prefix>dtable-cluster/acks/<xx>/<move_id>`: the releasing agent's acknowledgement that
+    /// its server saved and unloaded the bucket for that move.
+    pub fn ack(&self, bucket: Bucket, move_id: i64) -> String {
+        format!(
+            "{}{CLUSTER_PREFIX}{}",
+            self.prefix,
+            ack_name(bucket, move_id)
+        )
     }
 
     /// The election name the control planes campaign on.

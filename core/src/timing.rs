@@ -49,6 +49,39 @@ impl LeaseTiming {
     }
 }
 
+/// The host's CLOCK_MONOTONIC in nanoseconds: one clock for every process on the host, so an
+/// agent and its server can exchange absolute deadlines.
+pub fn monotonic_ns() -> u64 {
+    let ts =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    (ts.tv_sec() as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec() as u64)
+}
+
+/// `at` as CLOCK_MONOTONIC nanoseconds.
+pub fn to_monotonic_ns(at: std::time::Instant) -> u64 {
+    let now = std::time::Instant::now();
+    let base = monotonic_ns();
+    if at >= now {
+        base.saturating_add((at - now).as_nanos() as u64)
+    } else {
+        base.saturating_sub((now - at).as_nanos() as u64)
+    }
+}
+
+/// A CLOCK_MONOTONIC deadline as an `Instant` of this process.
+pub fn from_monotonic_ns(deadline_ns: u64) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    let base = monotonic_ns();
+    if deadline_ns >= base {
+        now + std::time::Duration::from_nanos(deadline_ns - base)
+    } else {
+        now.checked_sub(std::time::Duration::from_nanos(base - deadline_ns))
+            .unwrap_or(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +96,14 @@ mod tests {
         let t = LeaseTiming::new(3).unwrap();
         assert_eq!(t.margin, Duration::from_secs(1));
         assert_eq!(t.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn monotonic_round_trip() {
+        let at = std::time::Instant::now() + Duration::from_secs(3);
+        let back = from_monotonic_ns(to_monotonic_ns(at));
+        let diff = if back > at { back - at } else { at - back };
+        assert!(diff < Duration::from_millis(5), "{diff:?}");
     }
 
     #[test]

@@ -16,27 +16,202 @@ pub struct Agent {
     pub proc: Proc,
     /// Its node id.
     pub node_id: String,
+    /// Its local gRPC API (`LocalAgent`).
+    pub grpc: SocketAddr,
+    /// Its local HTTP twin.
+    pub http: SocketAddr,
+    /// The arguments it was started with, to start it again.
+    pub args: Vec<String>,
 }
 
-/// Starts `dtable-agent` for `node_id` with lease TTL `ttl` seconds; `extra` flags are added.
-pub fn spawn_agent(etcd: &Etcd, node_id: &str, ttl: u32, extra: &[&str]) -> Agent {
-    let mut args = vec![
-        "--etcd".to_owned(),
-        etcd.endpoints_arg(),
-        "--node-id".to_owned(),
-        node_id.to_owned(),
-        "--node-url".to_owned(),
-        format!("https://cloud.example/{node_id}/"),
-        "--local-node-url".to_owned(),
-        format!("http://127.0.0.1:1/{node_id}/"),
-        "--lease-ttl".to_owned(),
-        ttl.to_string(),
-    ];
+impl Agent {
+    /// Starts the agent again with the same arguments (killing the old process if alive).
+    pub fn respawn(&mut self) {
+        self.proc.kill9();
+        self.proc = Proc::spawn("dtable-agent", &self.args, &[]);
+    }
+}
+
+/// Starts `dtable-agent` for `node_id` beside the server at `local_node_url`, with lease TTL
+/// `ttl` seconds and its local APIs on free ports; `extra` flags are added. Health probes run
+/// every 200 ms so tests stay quick.
+pub fn spawn_agent(
+    etcd: &Etcd,
+    node_id: &str,
+    ttl: u32,
+    local_node_url: &str,
+    extra: &[&str],
+) -> Agent {
+    let ports = free_ports(2);
+    let grpc: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let http: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    spawn_agent_on(
+        &etcd.endpoints_arg(),
+        node_id,
+        ttl,
+        local_node_url,
+        grpc,
+        http,
+        extra,
+    )
+}
+
+fn spawn_agent_on(
+    etcd: &str,
+    node_id: &str,
+    ttl: u32,
+    local_node_url: &str,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    extra: &[&str],
+) -> Agent {
+    let mut args: Vec<String> = [
+        "--etcd",
+        etcd,
+        "--node-id",
+        node_id,
+        "--node-url",
+        &format!("https://cloud.example/{node_id}/"),
+        "--local-node-url",
+        local_node_url,
+        "--lease-ttl",
+        &ttl.to_string(),
+        "--grpc-listen",
+        &grpc.to_string(),
+        "--http-listen",
+        &http.to_string(),
+        "--health-interval",
+        "200ms",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     Agent {
         proc: Proc::spawn("dtable-agent", &args, &[]),
         node_id: node_id.to_owned(),
+        grpc,
+        http,
+        args,
     }
+}
+
+/// Shared scratch space of a set of servers: the storage directory all sims share (like
+/// SeaTable's file storage) and one event log per sim.
+pub struct Farm {
+    dir: tempfile::TempDir,
+}
+
+impl Farm {
+    /// A fresh, empty farm.
+    pub fn new() -> Farm {
+        let dir = crate::scratch::scratch_dir("dtable-farm");
+        std::fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
+        std::fs::create_dir_all(dir.path().join("events")).expect("events dir");
+        Farm { dir }
+    }
+
+    /// The shared storage directory.
+    pub fn storage(&self) -> std::path::PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// The event log of `node_id`.
+    pub fn event_log(&self, node_id: &str) -> std::path::PathBuf {
+        self.dir
+            .path()
+            .join("events")
+            .join(format!("{node_id}.jsonl"))
+    }
+
+    /// Every event log written so far.
+    pub fn event_logs(&self) -> Vec<std::path::PathBuf> {
+        let mut logs: Vec<_> = std::fs::read_dir(self.dir.path().join("events"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.sort();
+        logs
+    }
+}
+
+impl Default for Farm {
+    fn default() -> Self {
+        Farm::new()
+    }
+}
+
+/// A managed server: a sim that follows its agent's stream, and the agent.
+pub struct Server {
+    /// The stand-in dtable-server.
+    pub sim: Sim,
+    /// Its agent.
+    pub agent: Agent,
+}
+
+impl Server {
+    /// The node id.
+    pub fn node_id(&self) -> &str {
+        &self.sim.node_id
+    }
+}
+
+/// Starts a sim in agent mode (storage and event log in `farm`) and its agent with lease TTL
+/// `ttl`; `agent_extra` flags go to the agent.
+pub fn spawn_server(
+    etcd: &Etcd,
+    farm: &Farm,
+    node_id: &str,
+    ttl: u32,
+    agent_extra: &[&str],
+) -> Server {
+    spawn_server_via(&etcd.endpoints_arg(), farm, node_id, ttl, agent_extra)
+}
+
+/// Like [`spawn_server`], with the agent reaching etcd at `agent_etcd` (for instance through a
+/// [`Relay`](crate::Relay) a test can cut).
+pub fn spawn_server_via(
+    agent_etcd: &str,
+    farm: &Farm,
+    node_id: &str,
+    ttl: u32,
+    agent_extra: &[&str],
+) -> Server {
+    let ports = free_ports(3);
+    let agent_grpc: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let sim_addr: SocketAddr = ([127, 0, 0, 1], ports[2]).into();
+    let sim_args: Vec<String> = [
+        "--listen",
+        &sim_addr.to_string(),
+        "--node-id",
+        node_id,
+        "--agent",
+        &format!("http://{agent_grpc}"),
+        "--storage-dir",
+        farm.storage().to_str().expect("utf-8 path"),
+        "--event-log",
+        farm.event_log(node_id).to_str().expect("utf-8 path"),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let sim = Sim {
+        proc: Proc::spawn("dtable-server-sim", &sim_args, &[]),
+        node_id: node_id.to_owned(),
+        addr: sim_addr,
+        args: sim_args,
+        event_log: Some(farm.event_log(node_id)),
+    };
+    let agent_http: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let agent = spawn_agent_on(
+        agent_etcd,
+        node_id,
+        ttl,
+        &sim.url(),
+        agent_grpc,
+        agent_http,
+        agent_extra,
+    );
+    Server { sim, agent }
 }
 
 /// A `dtable-controlplane` process and its listeners.
@@ -49,6 +224,16 @@ pub struct ControlPlane {
     pub http: SocketAddr,
     /// gRPC API address.
     pub grpc: SocketAddr,
+    /// The arguments it was started with.
+    pub args: Vec<String>,
+}
+
+impl ControlPlane {
+    /// Starts the instance again with the same arguments (killing the old process if alive).
+    pub fn respawn(&mut self) {
+        self.proc.kill9();
+        self.proc = Proc::spawn("dtable-controlplane", &self.args, &[]);
+    }
 }
 
 /// Starts `dtable-controlplane` named `name` with election TTL `election_ttl` seconds, on free
@@ -82,6 +267,7 @@ pub fn spawn_controlplane(
         name: name.to_owned(),
         http,
         grpc,
+        args,
     }
 }
 
@@ -155,9 +341,29 @@ pub struct Sim {
     pub node_id: String,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The arguments it was started with.
+    pub args: Vec<String>,
+    /// Its event log, if it keeps one.
+    pub event_log: Option<std::path::PathBuf>,
 }
 
 impl Sim {
+    /// kill -9. A killed sim logs nothing more, so its event log is closed at the moment it
+    /// was reaped: it served nothing after that.
+    pub fn kill9(&mut self) {
+        let was_running = self.proc.try_wait().is_none();
+        self.proc.kill9();
+        if let (true, Some(log)) = (was_running, &self.event_log) {
+            crate::checker::mark_dead(log, crate::events::now_ns()).expect("close the event log");
+        }
+    }
+
+    /// Starts the sim again with the same arguments (killing the old process if alive).
+    pub fn respawn(&mut self) {
+        self.kill9();
+        self.proc = Proc::spawn("dtable-server-sim", &self.args, &[]);
+    }
+
     /// Its `local_node_url`.
     pub fn url(&self) -> String {
         format!("http://{}/", self.addr)
@@ -180,6 +386,8 @@ pub fn spawn_sim(etcd: &Etcd, node_id: &str, extra: &[&str]) -> Sim {
         proc: Proc::spawn("dtable-server-sim", &args, &[]),
         node_id: node_id.to_owned(),
         addr,
+        args,
+        event_log: None,
     }
 }
 
@@ -208,14 +416,7 @@ pub fn spawn_proxy(etcd: &Etcd, extra: &[&str]) -> Proxy {
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     Proxy {
-        proc: Proc::spawn(
-            "dtable-proxy",
-            &args,
-            &[(
-                "RUST_LOG".into(),
-                "debug,h2=info,hyper=info,hyper_util=debug".into(),
-            )],
-        ),
+        proc: Proc::spawn("dtable-proxy", &args, &[]),
         addr,
         admin,
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dtable_testkit::cluster::read_nodes;
+use dtable_testkit::cluster::{read_nodes, spawn_sim};
 use dtable_testkit::{Etcd, Proc, run_to_exit, wait_until};
 
 async fn expect_64(args: &[String], names: &str) {
@@ -76,6 +76,7 @@ async fn bad_configuration_exits_64_naming_the_problem() {
 async fn seatable_config_with_comments_drives_the_agent() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
+    let sim = spawn_sim(&etcd, "dtable-server-fromfile", &[]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dtable_server_config.json");
     std::fs::write(
@@ -89,17 +90,27 @@ async fn seatable_config_with_comments_drives_the_agent() {
         "etcd_host_list": "{}", // the etcd cluster
         "node_id": "dtable-server-fromfile",
         "node_url": "https://cloud.example/dtable-server-fromfile/",
-        "local_node_url": "http://127.0.0.1:5000/"
+        "local_node_url": "{}"
     }}
 }}"#,
-            etcd.endpoints_arg()
+            etcd.endpoints_arg(),
+            sim.url()
         ),
     )
     .unwrap();
     let path = path.to_str().unwrap().to_owned();
     let _agent = Proc::spawn(
         "dtable-agent",
-        &args(&["--seatable-config", &path, "--lease-ttl", "10"]),
+        &args(&[
+            "--seatable-config",
+            &path,
+            "--lease-ttl",
+            "10",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ]),
         &[],
     );
     wait_until(
@@ -113,5 +124,5 @@ async fn seatable_config_with_comments_drives_the_agent() {
     )
     .await;
     let rec = &read_nodes(&client).await["dtable-server-fromfile"];
-    assert_eq!(rec["local_node_url"], "http://127.0.0.1:5000/");
+    assert_eq!(rec["local_node_url"], sim.url());
 }

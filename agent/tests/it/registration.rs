@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use dtable_testkit::cluster::{read_nodes, spawn_agent};
+use dtable_testkit::cluster::{Farm, read_nodes, spawn_agent, spawn_server};
 use dtable_testkit::{Etcd, wait_until};
 
 async fn registration_lease(client: &etcd_client::Client, node: &str) -> Option<i64> {
@@ -16,7 +16,8 @@ async fn a_restarted_agent_waits_for_its_old_lease_then_registers() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let node = "dtable-server-r";
-    let mut first = spawn_agent(&etcd, node, 5, &[]);
+    let farm = Farm::new();
+    let mut first = spawn_server(&etcd, &farm, node, 5, &[]);
     wait_until("first registration", Duration::from_secs(10), || async {
         registration_lease(&client, node).await.is_some()
     })
@@ -27,8 +28,8 @@ async fn a_restarted_agent_waits_for_its_old_lease_then_registers() {
     assert_eq!(record["node_id"], node);
 
     // Crash without revoking, and restart at once with the same node id.
-    first.proc.kill9();
-    let mut second = spawn_agent(&etcd, node, 5, &[]);
+    first.agent.proc.kill9();
+    let mut second = spawn_agent(&etcd, node, 5, &first.sim.url(), &[]);
     let restarted = Instant::now();
     wait_until(
         "the new agent notices the old lease",
@@ -81,7 +82,9 @@ async fn a_restarted_agent_waits_for_its_old_lease_then_registers() {
 async fn sigterm_revokes_and_exits_zero() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
-    let mut agent = spawn_agent(&etcd, "dtable-server-t", 60, &[]);
+    let farm = Farm::new();
+    let mut server = spawn_server(&etcd, &farm, "dtable-server-t", 60, &[]);
+    let agent = &mut server.agent;
     wait_until("registered", Duration::from_secs(10), || async {
         registration_lease(&client, "dtable-server-t")
             .await

@@ -7,7 +7,9 @@ use dtable_controlplane::writer::{AssignmentWriter, Leadership, WriteOutcome};
 use dtable_core::placement::Move;
 use dtable_core::view::AssignEntry;
 use dtable_core::{Bucket, ClusterView, KeyLayout, NodeId};
-use dtable_testkit::cluster::{balanced_over, read_assignment, spawn_agent, spawn_controlplane};
+use dtable_testkit::cluster::{
+    Farm, balanced_over, read_assignment, spawn_controlplane, spawn_server,
+};
 use dtable_testkit::{Etcd, http, wait_until};
 
 use crate::SETTLE;
@@ -24,6 +26,7 @@ async fn leader_name(cp: &dtable_testkit::cluster::ControlPlane) -> Option<(Stri
 #[tokio::test]
 async fn a_standby_takes_over_and_repairs_changes_made_meanwhile() {
     let etcd = Etcd::start().await;
+    let farm = Farm::new();
     let client = etcd.client().await;
     let mut cps = [
         spawn_controlplane(&etcd, "cp1", 3, &[]),
@@ -32,7 +35,7 @@ async fn a_standby_takes_over_and_repairs_changes_made_meanwhile() {
     let nodes = ["dtable-server-a", "dtable-server-b"];
     let _agents: Vec<_> = nodes
         .iter()
-        .map(|n| spawn_agent(&etcd, n, 10, &[]))
+        .map(|n| spawn_server(&etcd, &farm, n, 10, &[]))
         .collect();
     wait_until("balanced over two", SETTLE, || {
         balanced_over(&client, &nodes)
@@ -60,7 +63,7 @@ async fn a_standby_takes_over_and_repairs_changes_made_meanwhile() {
     kv.put("assign-00", "dtable-server-ghost", None)
         .await
         .unwrap();
-    let _c = spawn_agent(&etcd, "dtable-server-c", 10, &[]);
+    let _c = spawn_server(&etcd, &farm, "dtable-server-c", 10, &[]);
     let three = ["dtable-server-a", "dtable-server-b", "dtable-server-c"];
     wait_until("the standby re-balances over three", SETTLE, || {
         balanced_over(&client, &three)

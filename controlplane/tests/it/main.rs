@@ -2,6 +2,7 @@
 
 mod config;
 mod election;
+mod handoff;
 mod membership;
 mod repair;
 

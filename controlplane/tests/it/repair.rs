@@ -1,6 +1,8 @@
 //! Corrupt values and drift in etcd are survived and repaired by the leader.
 
-use dtable_testkit::cluster::{balanced_over, read_assignment, spawn_agent, spawn_controlplane};
+use dtable_testkit::cluster::{
+    Farm, balanced_over, read_assignment, spawn_controlplane, spawn_server,
+};
 use dtable_testkit::{Etcd, wait_until};
 
 use crate::SETTLE;
@@ -8,10 +10,14 @@ use crate::SETTLE;
 #[tokio::test]
 async fn corrupt_values_are_survived_and_repaired() {
     let etcd = Etcd::start().await;
+    let farm = Farm::new();
     let client = etcd.client().await;
     let mut cp = spawn_controlplane(&etcd, "cp1", 3, &[]);
     let two = ["dtable-server-a", "dtable-server-b"];
-    let _agents: Vec<_> = two.iter().map(|n| spawn_agent(&etcd, n, 10, &[])).collect();
+    let _agents: Vec<_> = two
+        .iter()
+        .map(|n| spawn_server(&etcd, &farm, n, 10, &[]))
+        .collect();
     wait_until("balanced over two", SETTLE, || balanced_over(&client, &two)).await;
 
     let mut kv = client.clone();
@@ -34,7 +40,7 @@ async fn corrupt_values_are_survived_and_repaired() {
     assert!(balanced_over(&client, &two).await);
 
     // The view keeps updating past the bad values: a new node still gets its share.
-    let _c = spawn_agent(&etcd, "dtable-server-c", 10, &[]);
+    let _c = spawn_server(&etcd, &farm, "dtable-server-c", 10, &[]);
     let three = ["dtable-server-a", "dtable-server-b", "dtable-server-c"];
     wait_until("balanced over three", SETTLE, || {
         balanced_over(&client, &three)

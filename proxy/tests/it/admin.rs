@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use dtable_testkit::cluster::{
-    balanced_over, bucket_counts, spawn_agent, spawn_controlplane, spawn_proxy,
+    Farm, balanced_over, bucket_counts, spawn_controlplane, spawn_proxy, spawn_server,
 };
 use dtable_testkit::{Etcd, http, wait_until};
 use hyper::Request;
@@ -13,14 +13,18 @@ use crate::{SETTLE, client, json, send};
 #[tokio::test]
 async fn post_rebalance_makes_the_leader_rebalance() {
     let etcd = Etcd::start().await;
+    let farm = Farm::new();
     let kv = etcd.client().await;
     let _cp = spawn_controlplane(&etcd, "cp1", 3, &["--auto-rebalance=false"]);
     let two = ["dtable-server-a", "dtable-server-b"];
-    let _agents: Vec<_> = two.iter().map(|n| spawn_agent(&etcd, n, 10, &[])).collect();
+    let _agents: Vec<_> = two
+        .iter()
+        .map(|n| spawn_server(&etcd, &farm, n, 10, &[]))
+        .collect();
     wait_until("balanced over two", SETTLE, || balanced_over(&kv, &two)).await;
 
     // A joiner gets nothing by itself with auto-rebalance off.
-    let _c = spawn_agent(&etcd, "dtable-server-c", 10, &[]);
+    let _c = spawn_server(&etcd, &farm, "dtable-server-c", 10, &[]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!bucket_counts(&kv).await.contains_key("dtable-server-c"));
 

@@ -11,9 +11,10 @@ use serde_json::json;
 use socketioxide::SocketIo;
 use tokio_util::sync::CancellationToken;
 
+use super::bases::Bases;
 use super::ownership::Ownership;
 use super::socketio::SocketIndex;
-use super::{SimError, routes, socketio, stream};
+use super::{SimError, routes, rows, socketio, stream};
 
 /// Header carrying the node id of the server that produced a response, on every response.
 pub const NODE_HEADER: &str = "x-dtable-node";
@@ -23,6 +24,8 @@ pub const NODE_HEADER: &str = "x-dtable-node";
 pub(crate) struct AppState {
     /// Which buckets the sim owns; also knows the node id.
     pub(crate) ownership: Ownership,
+    /// The bases kept in memory, with `--storage-dir`; `None` describes requests back.
+    pub(crate) bases: Option<Bases>,
     /// Connected socket.io sockets by bucket.
     pub(crate) sockets: SocketIndex,
     /// Cancelled when the sim shuts down, to end WebSocket sessions.
@@ -42,6 +45,7 @@ pub(crate) fn router(state: AppState) -> Result<(Router, SocketIo), SimError> {
         .route("/ping/", get(ping))
         .route("/_sim/state", get(sim_state))
         .merge(routes::routes())
+        .merge(rows::routes())
         .merge(stream::routes())
         .fallback(not_found)
         .with_state(state.clone())
@@ -65,8 +69,9 @@ async fn ping() -> &'static str {
     "pong"
 }
 
-/// `GET /_sim/state`: `{"node_id","follows_etcd","revision","owned":{"xx":epoch,...}}`, so a
-/// test can wait until the sim has seen an assignment.
+/// `GET /_sim/state`: `{"node_id","mode","follows_etcd","revision","serve_for_ms",
+/// "storage_dir","owned":{"xx":epoch,...}}`, so a test can wait until the sim has seen an
+/// assignment.
 async fn sim_state(State(state): State<AppState>) -> Response {
     let own = &state.ownership;
     let owned: serde_json::Map<String, serde_json::Value> = own
@@ -76,8 +81,11 @@ async fn sim_state(State(state): State<AppState>) -> Response {
         .collect();
     axum::Json(json!({
         "node_id": own.node_id(),
+        "mode": own.source().name(),
         "follows_etcd": own.follows_etcd(),
         "revision": own.revision(),
+        "serve_for_ms": own.serve_for().map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        "storage_dir": state.bases.as_ref().map(|b| b.dir().display().to_string()),
         "owned": owned,
     }))
     .into_response()

@@ -2,6 +2,7 @@
 //! once at start-up.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 use clap::error::{ContextKind, ErrorKind};
@@ -28,9 +29,23 @@ pub struct SimConfig {
     pub node_id: String,
 
     /// etcd endpoints (`host:port,...`) whose `assign-<xx>` keys say which buckets this sim
-    /// owns. Without it the sim owns every bucket at epoch 0.
+    /// owns. Without it (or `--agent`) the sim owns every bucket at epoch 0.
     #[arg(long, env = "DTABLE_SIM_ETCD", value_delimiter = ',', num_args = 1..)]
     pub etcd: Option<Vec<String>>,
+
+    /// URL of the local agent (e.g. `http://127.0.0.1:5570`) whose `Watch` stream says
+    /// which buckets this sim owns, under a serving lease it enforces.
+    #[arg(long, env = "DTABLE_SIM_AGENT", value_parser = parse_agent_url, conflicts_with = "etcd")]
+    pub agent: Option<String>,
+
+    /// Directory of the base storage shared by all sims (`<uuid32>.json` per base). Without
+    /// it base requests are described back instead of served from storage.
+    #[arg(long, env = "DTABLE_SIM_STORAGE_DIR")]
+    pub storage_dir: Option<PathBuf>,
+
+    /// JSON-lines file to append own/disown/load/unload/write events to, for the checker.
+    #[arg(long, env = "DTABLE_SIM_EVENT_LOG")]
+    pub event_log: Option<PathBuf>,
 
     /// Key prefix in front of every cluster key in etcd (empty for SeaTable's layout).
     #[arg(long, env = "DTABLE_SIM_ETCD_PREFIX", default_value = "")]
@@ -51,6 +66,9 @@ impl SimConfig {
         SimOptions {
             node_id: self.node_id.clone(),
             etcd,
+            agent: self.agent.clone(),
+            storage_dir: self.storage_dir.clone(),
+            event_log: self.event_log.clone(),
         }
     }
 
@@ -80,6 +98,18 @@ impl SimConfig {
 fn parse_node_id(value: &str) -> Result<String, String> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("must be non-empty visible ASCII without spaces".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// An agent URL must be an `http://` or `https://` URI with a host.
+fn parse_agent_url(value: &str) -> Result<String, String> {
+    let uri: axum::http::Uri = value
+        .parse()
+        .map_err(|e| format!("not a URI ({e}); want e.g. http://127.0.0.1:5570"))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.host().is_none() {
+        return Err("want http://host:port, e.g. http://127.0.0.1:5570".to_owned());
     }
     Ok(value.to_owned())
 }
@@ -144,6 +174,24 @@ mod tests {
         let (endpoints, prefix) = config.options().etcd.expect("follows etcd");
         assert_eq!(endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(prefix, "t/");
+
+        let config = SimConfig::try_parse_from([
+            "sim",
+            "--node-id",
+            "dtable-server-a",
+            "--agent",
+            "http://127.0.0.1:5570",
+            "--storage-dir",
+            "/tmp/s",
+            "--event-log",
+            "/tmp/e.jsonl",
+        ])
+        .expect("valid");
+        let options = config.options();
+        assert_eq!(options.agent.as_deref(), Some("http://127.0.0.1:5570"));
+        assert_eq!(options.storage_dir, Some(PathBuf::from("/tmp/s")));
+        assert_eq!(options.event_log, Some(PathBuf::from("/tmp/e.jsonl")));
+        assert!(options.etcd.is_none());
     }
 
     #[test]
@@ -163,5 +211,23 @@ mod tests {
 
         let line = error_line(&["sim", "--node-id", "x", "--bogus"]);
         assert!(line.contains("--bogus"), "{line}");
+
+        let line = error_line(&["sim", "--node-id", "x", "--agent", "127.0.0.1:5570"]);
+        assert!(line.contains("--agent"), "{line}");
+
+        let line = error_line(&[
+            "sim",
+            "--node-id",
+            "x",
+            "--agent",
+            "http://127.0.0.1:1",
+            "--etcd",
+            "127.0.0.1:2",
+        ]);
+        assert!(
+            line.contains("--agent") || line.contains("--etcd"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
     }
 }

@@ -1,19 +1,25 @@
-//! `dtable-server-sim`, a stand-in dtable-server for tests, benchmarks and the demo.
+//! `dtable-server-sim`, the stand-in dtable-server for tests, benchmarks and the demo.
 //!
-//! Version 2 is what the proxy's tests need as a backend. It owns buckets (all of them alone,
-//! or those etcd's assignment gives it with `--etcd`) and answers base requests for a bucket
-//! it does not own with 409 and `X-Dtable-Not-Owner: 1`; it describes each base request back
-//! as JSON; it streams uploads and downloads and echoes WebSocket messages under `/_sim/`; it
-//! serves socket.io at `/socket.io/`; and every response carries `X-Dtable-Node: <node_id>`.
+//! Version 3. It owns buckets: all of them at epoch 0 alone, those etcd's `assign-<xx>` names
+//! it in (`--etcd`), or those its local agent pushes under a serving lease it enforces
+//! itself (`--agent`, see `agent.rs`). A request for a base whose bucket it does not serve
+//! gets 409 and `X-Dtable-Not-Owner: 1` and changes nothing. With `--storage-dir` it keeps
+//! bases in memory, loaded from the shared storage on first use and written through at the
+//! bucket epoch before every acknowledged write (see [`crate::store`]); with `--event-log` it
+//! appends own/disown/load/unload/write events (see [`crate::events`]) for
+//! [`crate::checker`]. It also streams uploads and downloads and echoes WebSocket messages
+//! under `/_sim/`, serves socket.io at `/socket.io/`, and every response carries
+//! `X-Dtable-Node: <node_id>`.
 //!
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /ping/` | `pong` |
+//! | `…/rows/`, `…/rows/<id>` under every base path | the rows API with `--storage-dir` (see `rows.rs`), else as below |
 //! | any `/dtables/<uuid>[/...]`, `/api/v1/dtables/<uuid>/...`, `/api/v1/internal/dtables/<uuid>/...`, `/dtable-server/api/v1/dtables/<uuid>/...` | see *Base routes* below |
 //! | `POST /_sim/upload` | `{"bytes","sha256"}` of the body, read as a stream |
 //! | `GET /_sim/download?bytes=N&seed=S` | N bytes of [`pattern_chunk`], streamed |
 //! | `GET /_sim/ws` | WebSocket: `hello from <node_id>`, then an echo |
-//! | `GET /_sim/state` | `{"node_id","follows_etcd","revision","owned":{"xx":epoch}}` |
+//! | `GET /_sim/state` | `{"node_id","mode","follows_etcd","revision","serve_for_ms","storage_dir","owned":{"xx":epoch}}` |
 //! | `/socket.io/?dtable_uuid=<uuid>` | socket.io; `join-room` → ack + `joined` |
 //!
 //! # Base routes
@@ -22,28 +28,35 @@
 //! 200 `{"node_id","dtable_uuid","method","path","epoch","request_epoch","forwarded_for",
 //! "forwarded_proto","forwarded_host","body_bytes"}`.
 
+mod agent;
 mod app;
+mod bases;
 mod config;
 mod ownership;
 mod routes;
+mod rows;
 mod socketio;
 mod stream;
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use axum::Router;
 use dtable_core::Bucket;
 use socketioxide::SocketIo;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+pub use agent::{BACKOFF_MAX, BACKOFF_MIN};
 pub use app::NODE_HEADER;
 pub use config::{CONFIG_EXIT_CODE, SimConfig};
-pub use ownership::Ownership;
+pub use ownership::{Ownership, Source, Term};
 pub use routes::{EPOCH_HEADER, MAX_DELAY_MS, NOT_OWNER_HEADER};
 pub use socketio::{JOIN_EVENT, JOINED_EVENT, MISMATCH_EVENT, SOCKETIO_PATH};
 pub use stream::{DOWNLOAD_CHUNK, pattern_chunk, pattern_sha256};
 
+use crate::events::EventLog;
 use app::AppState;
+use bases::Bases;
 use socketio::SocketIndex;
 
 /// Why the sim could not serve.
@@ -55,6 +68,28 @@ pub enum SimError {
     /// etcd could not be reached to follow the assignment.
     #[error(transparent)]
     Etcd(#[from] dtable_core::etcd::EtcdError),
+    /// The agent URL is not a valid URI.
+    #[error("invalid agent URL {0}")]
+    BadAgentUrl(String),
+    /// Both `--etcd` and `--agent` were given.
+    #[error("follow either etcd or an agent, not both")]
+    TwoSources,
+    /// The storage directory cannot be created.
+    #[error("storage directory {path}: {source}")]
+    StorageDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The event log cannot be opened for appending.
+    #[error("event log {path}: {source}")]
+    EventLog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Accepting or serving connections failed.
     #[error("serving HTTP failed: {0}")]
     Io(#[from] std::io::Error),
@@ -65,9 +100,15 @@ pub enum SimError {
 pub struct SimOptions {
     /// This server's node id, sent in `X-Dtable-Node` and matched against `assign-<xx>`.
     pub node_id: String,
-    /// `(endpoints, key prefix)` of the etcd whose assignment the sim follows; `None` to own
-    /// every bucket at epoch 0.
+    /// `(endpoints, key prefix)` of the etcd whose assignment the sim follows.
     pub etcd: Option<(Vec<String>, String)>,
+    /// URL of the local agent whose `Watch` stream the sim follows. With neither this nor
+    /// `etcd` the sim owns every bucket at epoch 0.
+    pub agent: Option<String>,
+    /// The storage directory shared by all sims; `None` describes base requests back.
+    pub storage_dir: Option<PathBuf>,
+    /// The JSON-lines event log to append to; `None` logs no events.
+    pub event_log: Option<PathBuf>,
 }
 
 impl SimOptions {
@@ -75,7 +116,7 @@ impl SimOptions {
     pub fn alone(node_id: impl Into<String>) -> SimOptions {
         SimOptions {
             node_id: node_id.into(),
-            etcd: None,
+            ..SimOptions::default()
         }
     }
 
@@ -88,17 +129,41 @@ impl SimOptions {
         SimOptions {
             node_id: node_id.into(),
             etcd: Some((endpoints, prefix.into())),
+            ..SimOptions::default()
         }
+    }
+
+    /// A sim that follows the local agent at `url` (e.g. `http://127.0.0.1:5570`).
+    pub fn agent(node_id: impl Into<String>, url: impl Into<String>) -> SimOptions {
+        SimOptions {
+            node_id: node_id.into(),
+            agent: Some(url.into()),
+            ..SimOptions::default()
+        }
+    }
+
+    /// The same, keeping bases in `dir` (created if missing).
+    pub fn with_storage(mut self, dir: impl Into<PathBuf>) -> SimOptions {
+        self.storage_dir = Some(dir.into());
+        self
+    }
+
+    /// The same, appending events to `path`.
+    pub fn with_event_log(mut self, path: impl Into<PathBuf>) -> SimOptions {
+        self.event_log = Some(path.into());
+        self
     }
 }
 
-/// A sim ready to serve: its router built and, with etcd, its assignment watch running.
+/// A sim ready to serve: its router built and, with etcd or an agent, the task that follows
+/// its ownership running.
 pub struct SimServer {
     router: Router,
     io: SocketIo,
     handle: SimHandle,
-    /// Stops the etcd watch and the release watcher when the server is done or dropped.
-    _tasks: DropGuard,
+    /// Stops the etcd watch or agent follower and the bucket-lost handler when the server
+    /// is done or dropped.
+    tasks: DropGuard,
 }
 
 /// A handle on a running sim, for tests that steer it from outside. Cheap to clone.
@@ -108,41 +173,66 @@ pub struct SimHandle {
 }
 
 impl SimServer {
-    /// Builds the sim: validates the node id and, with etcd, connects and starts following
-    /// the assignment. Sockets of a bucket the sim stops owning are sent
-    /// [`MISMATCH_EVENT`] and disconnected.
+    /// Builds the sim: validates the options, opens the event log, creates the storage
+    /// directory, and connects to etcd or starts following the agent. Sockets of a bucket
+    /// the sim stops serving are sent [`MISMATCH_EVENT`] and disconnected, and its bases are
+    /// written back and unloaded.
     ///
     /// # Errors
-    /// [`SimError::InvalidNodeId`] for a node id that cannot be a header value;
-    /// [`SimError::Etcd`] if etcd cannot be reached.
+    /// [`SimError::InvalidNodeId`], [`SimError::TwoSources`], [`SimError::BadAgentUrl`],
+    /// [`SimError::EventLog`], [`SimError::StorageDir`], or [`SimError::Etcd`] if etcd
+    /// cannot be reached.
     pub async fn new(options: SimOptions) -> Result<SimServer, SimError> {
-        app::node_header(&options.node_id)?;
-        let tasks = CancellationToken::new();
-        let ownership = match options.etcd {
-            None => Ownership::everything(&options.node_id),
-            Some((endpoints, prefix)) => {
-                Ownership::connect(&options.node_id, endpoints, prefix, tasks.child_token()).await?
+        let node_id = options.node_id.as_str();
+        app::node_header(node_id)?;
+        if options.etcd.is_some() && options.agent.is_some() {
+            return Err(SimError::TwoSources);
+        }
+        let log = match &options.event_log {
+            None => EventLog::disabled(node_id),
+            Some(path) => EventLog::open(path, node_id).map_err(|source| SimError::EventLog {
+                path: path.clone(),
+                source,
+            })?,
+        };
+        let bases = match &options.storage_dir {
+            None => None,
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| SimError::StorageDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                Some(Bases::new(dir.clone(), log.clone()))
             }
+        };
+        let tasks = CancellationToken::new();
+        let ownership = match (&options.etcd, &options.agent) {
+            (Some((endpoints, prefix)), _) => {
+                let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
+                Ownership::connect(node_id, endpoints, prefix, log, tasks.child_token()).await?
+            }
+            (None, Some(_)) => Ownership::agent(node_id, log),
+            (None, None) => Ownership::everything(node_id, log),
         };
         let state = AppState {
             ownership: ownership.clone(),
+            bases,
             sockets: SocketIndex::default(),
             shutdown: tasks.child_token(),
         };
+        if let Some(url) = &options.agent {
+            let follower = agent::AgentFollower::new(url, state.clone())?;
+            tokio::spawn(follower.run(tasks.child_token()));
+        }
         let (router, io) = app::router(state.clone())?;
-        let handle = SimHandle { state };
-        let releases = handle.clone();
-        tokio::spawn(ownership.watch_releases(
-            move |bucket| {
-                releases.disconnect_bucket(bucket);
-            },
-            tasks.child_token(),
-        ));
+        if let Some(lost_rx) = ownership.take_lost() {
+            tokio::spawn(handle_losses(state.clone(), lost_rx, tasks.child_token()));
+        }
         Ok(SimServer {
             router,
             io,
-            handle,
-            _tasks: tasks.drop_guard(),
+            handle: SimHandle { state },
+            tasks: tasks.drop_guard(),
         })
     }
 
@@ -152,7 +242,8 @@ impl SimServer {
     }
 
     /// Serves on `listener` until `shutdown` completes; then closes socket.io sessions and
-    /// WebSockets, finishes the requests in flight, and returns.
+    /// WebSockets, finishes the requests in flight, stops following its ownership source,
+    /// gives up every bucket (logging `disown`), writes the bases back, and returns.
     ///
     /// # Errors
     /// [`SimError::Io`] if the listener fails.
@@ -163,8 +254,8 @@ impl SimServer {
     ) -> Result<(), SimError> {
         let addr = listener.local_addr()?;
         let node_id = self.handle.node_id().to_owned();
-        let follows_etcd = self.handle.state.ownership.follows_etcd();
-        tracing::info!(%addr, node_id, follows_etcd, "dtable-server-sim listening");
+        let mode = self.handle.state.ownership.source().name();
+        tracing::info!(%addr, node_id, mode, "dtable-server-sim listening");
         let io = self.io;
         let sessions = self.handle.state.shutdown.clone();
         let stop = async move {
@@ -172,9 +263,18 @@ impl SimServer {
             sessions.cancel();
             io.close().await;
         };
-        axum::serve(listener, self.router)
+        let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(stop)
-            .await?;
+            .await;
+        // Stop following first, so that nothing is owned again, then give everything up and
+        // write the bases back.
+        self.tasks.disarm().cancel();
+        let state = &self.handle.state;
+        state.ownership.disown_all("shutting down");
+        if let Some(bases) = &state.bases {
+            bases.unload_all().await;
+        }
+        served?;
         tracing::info!(node_id, "dtable-server-sim stopped");
         Ok(())
     }
@@ -191,6 +291,11 @@ impl SimHandle {
         self.state.ownership.epoch(bucket)
     }
 
+    /// The sim's ownership table.
+    pub fn ownership(&self) -> &Ownership {
+        &self.state.ownership
+    }
+
     /// How many socket.io sockets are connected for bases in `bucket`.
     pub fn socket_count(&self, bucket: Bucket) -> usize {
         self.state.sockets.count(bucket)
@@ -204,6 +309,31 @@ impl SimHandle {
         self.state
             .sockets
             .disconnect_bucket(bucket, self.state.ownership.node_id())
+    }
+}
+
+/// Disconnects the sockets of every bucket the sim gives up and writes back and unloads the
+/// bases it loaded while it held the bucket, until `shutdown`.
+async fn handle_losses(
+    state: AppState,
+    mut lost_rx: tokio::sync::mpsc::UnboundedReceiver<(Bucket, Term)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (bucket, term) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            lost = lost_rx.recv() => match lost {
+                Some(lost) => lost,
+                None => return,
+            },
+        };
+        tracing::info!(%bucket, epoch = term.epoch, "bucket lost");
+        state
+            .sockets
+            .disconnect_bucket(bucket, state.ownership.node_id());
+        if let Some(bases) = &state.bases {
+            bases.unload(bucket, term).await;
+        }
     }
 }
 

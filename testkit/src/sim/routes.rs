@@ -1,6 +1,6 @@
 //! The base routes (`/dtables/<uuid>` and the API paths under it): check the UUID, optionally
-//! wait, check ownership, and describe the request back as JSON. Also the JSON errors every
-//! part of the sim answers with.
+//! wait, check ownership, and describe the request back as JSON (the rows API in `rows.rs`
+//! takes the `…/rows/` paths). Also the JSON errors every part of the sim answers with.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -51,6 +51,18 @@ pub(crate) enum RequestError {
     /// The request body could not be read: 400 `bad_body`.
     #[error("reading the request body: {0}")]
     BadBody(axum::Error),
+    /// A row or row id in the request is not acceptable: 400 `bad_row`.
+    #[error("{0}")]
+    BadRow(String),
+    /// No row has the id asked for: 404 `no_row`.
+    #[error("no row {0:?}")]
+    NoRow(String),
+    /// A new row's `_id` is taken: 409 `row_exists`, without `X-Dtable-Not-Owner`.
+    #[error("row {0:?} exists")]
+    RowExists(String),
+    /// The storage failed, so the write was not acknowledged: 500 `storage_error`.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl IntoResponse for RequestError {
@@ -73,9 +85,19 @@ impl IntoResponse for RequestError {
             RequestError::MalformedUuid(_) => ("malformed_uuid", detail),
             RequestError::BadQuery { kind, .. } => (kind, detail),
             RequestError::BadBody(_) => ("bad_body", detail),
+            RequestError::BadRow(_) => ("bad_row", detail),
+            RequestError::NoRow(_) => ("no_row", detail),
+            RequestError::RowExists(_) => ("row_exists", detail),
+            RequestError::Storage(_) => ("storage_error", detail),
+        };
+        let status = match kind {
+            "no_row" => StatusCode::NOT_FOUND,
+            "row_exists" => StatusCode::CONFLICT,
+            "storage_error" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
         };
         let body = json!({ "error": kind, "detail": detail });
-        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+        (status, axum::Json(body)).into_response()
     }
 }
 
@@ -113,8 +135,8 @@ async fn base(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The work of [`base`], with errors as values.
-async fn describe(
+/// The work of [`base`], with errors as values: describes the request back.
+pub(crate) async fn describe(
     state: AppState,
     method: Method,
     uri: Uri,
@@ -171,10 +193,15 @@ fn owned_epoch(state: &AppState, bucket: Bucket) -> Result<i64, RequestError> {
     state
         .ownership
         .epoch(bucket)
-        .ok_or_else(|| RequestError::NotOwner {
-            bucket,
-            node_id: state.ownership.node_id().to_owned(),
-        })
+        .ok_or_else(|| not_owner(state, bucket))
+}
+
+/// The refusal of a request for `bucket`, which this sim does not serve.
+pub(crate) fn not_owner(state: &AppState, bucket: Bucket) -> RequestError {
+    RequestError::NotOwner {
+        bucket,
+        node_id: state.ownership.node_id().to_owned(),
+    }
 }
 
 /// Checks that the sim owns the base named by `raw`.
@@ -196,7 +223,7 @@ pub(crate) fn bad_query(kind: &'static str, detail: String) -> RequestError {
 }
 
 /// The `?delay_ms=` of a request, at most [`MAX_DELAY_MS`].
-fn delay(uri: &Uri) -> Result<Option<Duration>, RequestError> {
+pub(crate) fn delay(uri: &Uri) -> Result<Option<Duration>, RequestError> {
     let Some(raw) = query(uri)?.remove("delay_ms") else {
         return Ok(None);
     };

@@ -1,9 +1,12 @@
-//! Integration tests of the test harness itself: real etcd members, real child processes and
-//! the sim binary, in one test binary.
+//! Integration tests of the test harness itself: real etcd members, real child processes, the
+//! sim (alone, following etcd, following a fake agent) with its storage, and the checker, in
+//! one test binary.
 
 mod etcd;
 mod process;
 mod sim;
+mod sim_agent;
+mod sim_rows;
 mod sim_socketio;
 mod sim_stream;
 
