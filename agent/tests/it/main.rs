@@ -4,4 +4,5 @@ mod chaos;
 mod config;
 mod faults;
 mod harness;
+mod local_api;
 mod registration;
