@@ -13,9 +13,7 @@ async fn main() -> ExitCode {
         .unwrap_or_else(|e| exit_config_error("dtable-agent", &e));
     init_tracing();
     tracing::info!(node_id = %cfg.node_id, etcd = ?cfg.etcd.endpoints, ttl = cfg.lease_ttl, "dtable-agent starting");
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .ok();
+    let metrics = dtable_core::cli::install_metrics();
     let shutdown = shutdown_on_signals();
     match run(cfg, metrics, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

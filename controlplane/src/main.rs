@@ -12,9 +12,7 @@ async fn main() -> ExitCode {
         .into_config()
         .unwrap_or_else(|e| exit_config_error("dtable-controlplane", &e));
     init_tracing();
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .ok();
+    let metrics = dtable_core::cli::install_metrics();
     tracing::info!(instance = %cfg.name, etcd = ?cfg.etcd.endpoints, grpc = %cfg.grpc_listen, http = %cfg.http_listen, "dtable-controlplane starting");
     match run(cfg, metrics, shutdown_on_signals()).await {
         Ok(()) => ExitCode::SUCCESS,

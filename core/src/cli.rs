@@ -129,3 +129,26 @@ pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
     });
     token
 }
+
+/// Installs the Prometheus recorder, with fixed histogram buckets (cheap to record and to
+/// scrape), and keeps it tidy: without periodic upkeep, recorded samples pile up between
+/// scrapes. Returns the handle that renders `/metrics`, or `None` if a recorder exists.
+pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    const SECONDS: [f64; 14] = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&SECONDS)
+        .ok()?
+        .install_recorder()
+        .ok()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Some(handle)
+}

@@ -8,15 +8,51 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// Errors crossing the proxy's bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body type sent upstream.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The body sent upstream: buffered bytes, or the client's body through a tee. An enum rather
+/// than a boxed trait object, so a request costs no allocation for its body.
+pub enum UpstreamBody {
+    /// The whole body, sent as one frame (`None` once sent).
+    Full(Option<Bytes>),
+    /// Streaming from the client.
+    Tee(Tee),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Tee(tee) => Pin::new(tee).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Full(bytes) => bytes.is_none(),
+            UpstreamBody::Tee(tee) => tee.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            UpstreamBody::Tee(tee) => tee.size_hint(),
+        }
+    }
+}
 
 /// A client's request body, ready to be sent (and maybe re-sent).
 pub enum Payload {
@@ -74,7 +110,7 @@ impl Payload {
                         copy: Arc::clone(copy),
                         limit,
                     };
-                    return Some(UnsyncBoxBody::new(tee));
+                    return Some(UpstreamBody::Tee(tee));
                 }
                 let c = copy.lock().expect("tee copy");
                 (c.complete && !c.overflowed).then(|| {
@@ -89,9 +125,9 @@ impl Payload {
     }
 }
 
-/// A buffered upstream body.
+/// A buffered upstream body; an empty one ends at once.
 pub fn full(bytes: Bytes) -> UpstreamBody {
-    UnsyncBoxBody::new(Full::new(bytes).map_err(|never| match never {}))
+    UpstreamBody::Full((!bytes.is_empty()).then_some(bytes))
 }
 
 /// Whether an error came from a body over its length limit.
@@ -99,7 +135,8 @@ pub fn is_too_large(e: &BoxError) -> bool {
     e.downcast_ref::<LengthLimitError>().is_some()
 }
 
-struct Tee {
+/// A client's body on its way upstream, with a copy kept while it is small.
+pub struct Tee {
     inner: Incoming,
     copy: Arc<Mutex<Copy>>,
     limit: usize,

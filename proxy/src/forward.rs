@@ -32,6 +32,28 @@ pub const NOT_OWNER_HEADER: &str = "x-dtable-not-owner";
 /// Header carrying the bucket's epoch to the server.
 pub const EPOCH_HEADER: &str = "x-dtable-epoch";
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The client of a connection, with its address already rendered for X-Forwarded-For.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Its IP as a header value, made once per connection.
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    /// The peer of a new connection.
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip =
+            HeaderValue::from_str(&addr.ip().to_string()).expect("an IP is a valid header value");
+        Peer { addr, ip }
+    }
+}
+
 /// Knobs of the request path.
 #[derive(Clone, Debug)]
 pub struct ForwardSettings {
@@ -176,10 +198,10 @@ impl Forwarder {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        client: SocketAddr,
+        peer: &Peer,
     ) -> Response<ClientBody> {
         let started = Instant::now();
-        let resp = match self.route_and_forward(req, client).await {
+        let resp = match self.route_and_forward(req, peer).await {
             Ok(resp) => resp,
             Err(e) => {
                 if !matches!(e, ForwardError::BadUuid(_)) {
@@ -195,21 +217,14 @@ impl Forwarder {
     async fn route_and_forward(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        peer: &Peer,
     ) -> Result<Response<ClientBody>, ForwardError> {
         let bucket = bucket_of(&req)?;
         let deadline = Instant::now() + self.settings.hold_timeout;
         if crate::upgrade::is_upgrade(&req) {
             let target = self.resolve(bucket, deadline, None).await?;
-            return crate::upgrade::forward(
-                self,
-                req,
-                bucket,
-                target.upstream,
-                target.epoch,
-                client,
-            )
-            .await;
+            return crate::upgrade::forward(self, req, bucket, target.upstream, target.epoch, peer)
+                .await;
         }
         let (parts, body) = req.into_parts();
         let content_length = parts
@@ -236,7 +251,7 @@ impl Forwarder {
                     bucket.expect("only bucketed requests retry"),
                 ));
             };
-            let upstream_req = upstream_request(&parts, &target, client, body);
+            let upstream_req = upstream_request(&parts, &target, peer, body);
             let sent = Instant::now();
             let result = if parts.version == Version::HTTP_2 {
                 self.h2.request(upstream_req).await
@@ -377,35 +392,37 @@ fn finish(mut resp: Response<Incoming>) -> Response<ClientBody> {
 }
 
 /// Headers that describe one connection, not the message.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop headers, and those the Connection header names. `te: trailers` is
 /// kept for gRPC when `keep_te_trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
     let te_trailers = keep_te_trailers
         && headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
     headers.remove(header::UPGRADE);
@@ -418,7 +435,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 fn upstream_request(
     parts: &hyper::http::request::Parts,
     target: &Target,
-    client: SocketAddr,
+    peer: &Peer,
     body: UpstreamBody,
 ) -> Request<UpstreamBody> {
     let mut req = Request::new(body);
@@ -432,7 +449,7 @@ fn upstream_request(
     let headers = req.headers_mut();
     headers.clone_from(&parts.headers);
     strip_hop_by_hop(headers, parts.version == Version::HTTP_2);
-    add_forwarding(headers, parts, client);
+    add_forwarding(headers, parts, peer);
     if let Some(epoch) = target.epoch {
         headers.insert(EPOCH_HEADER, HeaderValue::from(epoch));
     }
@@ -442,47 +459,43 @@ fn upstream_request(
 /// The upstream URI: the node's scheme, authority and path prefix, then the request's path
 /// and query.
 pub fn upstream_uri(up: &Upstream, uri: &Uri) -> Uri {
-    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let path_and_query = if up.prefix.is_empty() {
-        pq.to_owned()
-    } else {
-        format!("{}{pq}", up.prefix)
-    };
-    Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .expect("parts of valid URIs")
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.scheme = Some(up.scheme.clone());
+    parts.authority = Some(up.authority.clone());
+    parts.path_and_query = Some(match (up.prefix.is_empty(), uri.path_and_query()) {
+        (true, Some(pq)) => pq.clone(),
+        (_, pq) => {
+            let pq = pq.map_or("/", |pq| pq.as_str());
+            format!("{}{pq}", up.prefix)
+                .parse()
+                .expect("a prefix and a valid path")
+        }
+    });
+    Uri::from_parts(parts).expect("parts of valid URIs")
 }
 
 /// X-Forwarded-For (appended), -Proto and -Host; the Host header goes, so the client sets
 /// the upstream's.
-pub fn add_forwarding(
-    headers: &mut HeaderMap,
-    parts: &hyper::http::request::Parts,
-    client: SocketAddr,
-) {
+pub fn add_forwarding(headers: &mut HeaderMap, parts: &hyper::http::request::Parts, peer: &Peer) {
     let host = headers.remove(header::HOST).or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let ip = client.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok(),
+        None => Some(peer.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if let Some(host) = host
-        && !headers.contains_key("x-forwarded-host")
+        && !headers.contains_key(X_FORWARDED_HOST)
     {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }

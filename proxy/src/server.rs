@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::Forwarder;
+use crate::forward::{Forwarder, Peer};
 
 /// Limits of the routing listener.
 #[derive(Clone, Debug)]
@@ -68,9 +68,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let fwd = Arc::clone(&fwd);
+        let client = Arc::new(Peer::new(peer));
         let svc = service_fn(move |req| {
             let fwd = Arc::clone(&fwd);
-            async move { Ok::<_, std::convert::Infallible>(fwd.handle(req, peer).await) }
+            let client = Arc::clone(&client);
+            async move { Ok::<_, std::convert::Infallible>(fwd.handle(req, &client).await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)

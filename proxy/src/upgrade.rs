@@ -2,7 +2,6 @@
 //! two connections are spliced. Each splice is registered under its bucket, and closed when
 //! the bucket's owner changes, so socket.io clients reconnect and land on the new owner.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use dtable_core::{BUCKET_COUNT, Bucket};
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::full;
 use crate::forward::{
-    ClientBody, EPOCH_HEADER, ForwardError, Forwarder, add_forwarding, upstream_uri,
+    ClientBody, EPOCH_HEADER, ForwardError, Forwarder, Peer, add_forwarding, upstream_uri,
 };
 use crate::table::{Route, RoutingTable, Upstream};
 
@@ -91,7 +90,7 @@ pub async fn forward(
     bucket: Option<Bucket>,
     upstream: Arc<Upstream>,
     epoch: Option<i64>,
-    client: SocketAddr,
+    peer: &Peer,
 ) -> Result<Response<ClientBody>, ForwardError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
@@ -100,7 +99,7 @@ pub async fn forward(
     *up_req.uri_mut() = upstream_uri(&upstream, &parts.uri);
     let headers = up_req.headers_mut();
     headers.clone_from(&parts.headers);
-    add_forwarding(headers, &parts, client);
+    add_forwarding(headers, &parts, peer);
     if let Some(e) = epoch {
         headers.insert(EPOCH_HEADER, HeaderValue::from(e));
     }
