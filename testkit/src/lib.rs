@@ -21,6 +21,6 @@ pub mod wait;
 
 pub use etcd::Etcd;
 pub use process::{Proc, bin_path, run_to_exit};
-pub use relay::Relay;
+pub use relay::{LinkMode, Relay};
 pub use scratch::scratch_dir;
 pub use wait::{free_port, free_ports, wait_until};

@@ -183,3 +183,30 @@ async fn a_drain_under_load_fails_no_request_and_loses_no_write() {
         "the drain did not move buckets by handoff"
     );
 }
+
+#[tokio::test]
+async fn a_silent_partition_from_etcd_fences_the_node_before_others_take_over() {
+    let mut c = Cluster::start(2, 4, &[], &[]).await;
+    let relay = Relay::start(c.etcd.endpoints()[0].parse().unwrap()).await;
+    let third = spawn_server_via(
+        &relay.addr().to_string(),
+        &c.farm,
+        "dtable-server-2",
+        4,
+        &[],
+    );
+    c.servers.push(third);
+    c.wait_balanced(&[0, 1, 2]).await;
+    let base = uuid_in_bucket(a_bucket_of(&c, "dtable-server-2").await, 4);
+    let writer = Writer::start(c.proxy.addr, vec![base]);
+
+    // No error, no closed connection: the agent's keep-alives just go unanswered.
+    relay.blackhole();
+    c.wait_balanced(&[0, 1]).await;
+    relay.heal();
+    c.wait_balanced(&[0, 1, 2]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let errors = writer.stop().await;
+    assert!(errors.is_empty(), "writes failed: {errors:?}");
+    c.check();
+}
