@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
 use dtable_core::LeaseTiming;
+use dtable_core::cli::bind;
 use dtable_core::etcd::{ClusterWatch, EtcdError, connect};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -32,13 +32,8 @@ pub enum AgentError {
     #[error(transparent)]
     Etcd(#[from] EtcdError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] dtable_core::cli::ListenError),
 }
 
 /// Runs the agent until it has drained after `shutdown`, or fails to start.
@@ -47,11 +42,6 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| AgentError::Listen { addr, source })
-    };
     let grpc = bind(cfg.grpc_listen).await?;
     let http = bind(cfg.http_listen).await?;
     let client = connect(&cfg.etcd).await?;

@@ -9,6 +9,7 @@ pub mod handoff;
 pub mod leader;
 pub mod writer;
 
+use dtable_core::cli::bind;
 use dtable_core::etcd::{ClusterWatch, EtcdError, connect};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
@@ -23,13 +24,8 @@ pub enum ControlPlaneError {
     #[error(transparent)]
     Etcd(#[from] EtcdError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] dtable_core::cli::ListenError),
 }
 
 /// Runs one control-plane instance until `shutdown`.
@@ -39,18 +35,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ControlPlaneError> {
     let client = connect(&cfg.etcd).await?;
-    let http = tokio::net::TcpListener::bind(cfg.http_listen)
-        .await
-        .map_err(|source| ControlPlaneError::Listen {
-            addr: cfg.http_listen,
-            source,
-        })?;
-    let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)
-        .await
-        .map_err(|source| ControlPlaneError::Listen {
-            addr: cfg.grpc_listen,
-            source,
-        })?;
+    let http = bind(cfg.http_listen).await?;
+    let grpc = bind(cfg.grpc_listen).await?;
 
     let (watcher, view_rx) = ClusterWatch::new(client.clone(), cfg.keys.clone());
     let (is_leader_tx, is_leader_rx) = watch::channel(false);

@@ -152,3 +152,20 @@ pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle
     });
     Some(handle)
 }
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    /// The address.
+    pub addr: std::net::SocketAddr,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Binds a TCP listener, naming the address in the error.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ListenError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError { addr, source })
+}

@@ -14,9 +14,9 @@ pub mod upgrade;
 
 use std::sync::Arc;
 
+use dtable_core::cli::bind;
 use dtable_core::etcd::{ClusterWatch, EtcdError, ViewRx, connect};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -32,13 +32,8 @@ pub enum ProxyError {
     #[error(transparent)]
     Etcd(#[from] EtcdError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] dtable_core::cli::ListenError),
 }
 
 /// Runs the proxy until `shutdown`, then drains in-flight requests.
@@ -47,11 +42,6 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), ProxyError> {
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ProxyError::Listen { addr, source })
-    };
     let listener = bind(cfg.listen).await?;
     let admin = bind(cfg.admin_listen).await?;
     let client = connect(&cfg.etcd).await?;
