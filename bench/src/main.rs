@@ -1,8 +1,10 @@
 //! `dtable-bench`: hand-run benchmarks of dtable-cluster (issue 2). `propagation` times how
 //! fast a membership change reaches N agents' views through a real etcd and control plane;
 //! `placement` times the pure placement function for a large cluster. `responder` is the
-//! trivial backend of the proxy benchmark of issue 3 (`bench/proxy.sh`). See bench/README.md.
+//! trivial backend of the proxy benchmark of issue 3 (`bench/proxy.sh`). `failover` times
+//! issue 4's failover and drain on a real cluster of release binaries. See bench/README.md.
 
+mod failover;
 mod placement;
 mod propagation;
 mod responder;
@@ -35,6 +37,10 @@ enum Bench {
     /// A trivial HTTP/1.1 backend for `bench/proxy.sh`: answers every request with 200 and
     /// `X-Dtable-Node: <node id>`; prints its bound address, then serves until killed.
     Responder(responder::Args),
+    /// Failover of issue 4 on a real loopback cluster (etcd, control plane, 3 sims with agents,
+    /// proxy): time from a server or host crash to the first successful request through the
+    /// proxy, and failed requests and duration of a planned drain under write load.
+    Failover(failover::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +59,9 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(propagation::run(args)),
+        Bench::Failover(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(failover::run(args)),
     }
 }
