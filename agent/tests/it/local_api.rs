@@ -137,3 +137,56 @@ async fn a_returning_node_waits_out_the_rejoin_hold() {
         dtable_testkit::checker::check(&farm.event_logs(), &farm.storage()).expect("single owner");
     assert!(report.buckets_seen > 0);
 }
+
+#[tokio::test]
+async fn a_drain_with_nowhere_to_go_times_out_fences_and_exits() {
+    let etcd = Etcd::start().await;
+    let farm = Farm::new();
+    let client = etcd.client().await;
+    let _cp = spawn_controlplane(&etcd, "cp1", 3, &[]);
+    let mut only = spawn_server(
+        &etcd,
+        &farm,
+        "dtable-server-alone",
+        10,
+        &["--drain-timeout", "2s"],
+    );
+    wait_until("the node owns everything", SETTLE, || {
+        dtable_testkit::cluster::balanced_over(&client, &["dtable-server-alone"])
+    })
+    .await;
+    only.agent.proc.sigterm();
+    let sent = Instant::now();
+    let status = only
+        .agent
+        .proc
+        .wait_exit(SETTLE)
+        .await
+        .expect("the agent exits");
+    assert!(status.success(), "{status:?}");
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "exited after {took:?}"
+    );
+    assert!(
+        only.agent.proc.log().contains("drain timed out"),
+        "{}",
+        only.agent.proc.log_tail(20)
+    );
+    assert!(
+        !read_nodes(&client)
+            .await
+            .contains_key("dtable-server-alone"),
+        "registration left behind"
+    );
+    // The sim was fenced before the lease went: it answers not-owner now.
+    let r = http::get(
+        only.sim.addr,
+        "/api/v1/dtables/00000000000000000000000000000001/rows/",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 409);
+    dtable_testkit::checker::check(&farm.event_logs(), &farm.storage()).expect("single owner");
+}
