@@ -117,6 +117,7 @@ async fn publish(
         state_tx.send_if_modified(|cur| {
             let same = cur.owned == next.owned
                 && cur.release == next.release
+                && cur.acked == next.acked
                 && cur.fenced == next.fenced
                 && cur.deadline == next.deadline
                 && cur.revision == next.revision;

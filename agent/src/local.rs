@@ -126,6 +126,9 @@ impl Local {
             tracing::debug!(%bucket, ?move_id, "ack for a release no longer asked for; ignored");
             return Ok(None);
         };
+        if state.acked.contains(&(bucket, id)) {
+            return Ok(Some(id)); // already recorded in etcd
+        }
         let lease = self.lease.load(Ordering::SeqCst);
         let value = serde_json::json!({"node_id": self.node_id.as_str()}).to_string();
         let mut c = self.client.clone();

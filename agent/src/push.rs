@@ -2,6 +2,7 @@
 //! The server serves `owned` until `serve_for` lapses, releases `release`, and stops serving
 //! everything when `fenced`.
 
+use dtable_core::keys::ack_name;
 use dtable_core::{Bucket, ClusterView, NodeId};
 use tokio::time::Instant;
 
@@ -33,6 +34,8 @@ pub struct PushState {
     pub owned: Vec<(Bucket, i64)>,
     /// Buckets to save, unload and acknowledge, with the move ids.
     pub release: Vec<(Bucket, i64)>,
+    /// Releases whose ack is already in etcd (seen in the view).
+    pub acked: Vec<(Bucket, i64)>,
     /// Serve nothing.
     pub fenced: bool,
     /// When the serving lease lapses; `None` when fenced.
@@ -56,6 +59,7 @@ impl PushState {
         };
         let mut owned = Vec::new();
         let mut release = Vec::new();
+        let mut acked = Vec::new();
         // Only a view at or after our registration may grant anything: an older one could
         // carry a previous registration's assignment.
         if !fenced && view.revision >= since {
@@ -67,7 +71,15 @@ impl PushState {
                     continue;
                 }
                 match view.moves.get(&b) {
-                    Some(mv) if mv.from == node.as_str() => release.push((b, mv.create_revision)),
+                    Some(mv) if mv.from == node.as_str() => {
+                        release.push((b, mv.create_revision));
+                        if view
+                            .cluster_keys
+                            .contains_key(&ack_name(b, mv.create_revision))
+                        {
+                            acked.push((b, mv.create_revision));
+                        }
+                    }
                     _ => owned.push((b, a.mod_revision)),
                 }
             }
@@ -78,6 +90,7 @@ impl PushState {
             node_id: node.to_string(),
             owned,
             release,
+            acked,
             fenced,
             deadline,
         }

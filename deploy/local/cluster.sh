@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # A local dtable-cluster on 127.0.0.1, without containers: a 3-member etcd cluster, two control
-# planes, three stand-in dtable-servers, each with its agent, and dtable-proxy in front of them
-# (routing 5550, admin 5555). Everything runs in the background with its pid file and log under
-# deploy/local/run/.
+# planes, three stand-in dtable-servers, each following its agent (the agent's local push API,
+# a serving lease the server enforces) and sharing one base storage directory, and dtable-proxy
+# in front of them (routing 5550, admin 5555). Everything runs in the background with its pid
+# file and log under deploy/local/run/; the servers' base files are in run/storage/ and their
+# event logs in run/events/.
 #
 #   cluster.sh up       install etcd/protoc if missing, build, start, wait until all 256 buckets
 #                       are placed, print where to look
 #   cluster.sh status   which processes run, and the bucket counts per node
 #   cluster.sh logs     the tail of every log (or: cluster.sh logs NAME [LINES])
-#   cluster.sh down     stop everything (agents first, so they revoke their leases; etcd last),
-#                       remove run/
+#   cluster.sh down     stop everything (agents first: they drain, fence their servers and
+#                       revoke their leases; etcd last), remove run/
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,8 +22,15 @@ SELF="$0"
 # How long `up` waits for the cluster to come up, and `down` for each group to stop.
 UP_TIMEOUT=60
 STOP_TIMEOUT=10
-# The agents' registration lease: short, so a killed server's buckets move within seconds.
+# The agents' registration lease: short, so a server whose agent dies loses its buckets within
+# seconds.
 LEASE_TTL=10
+# On SIGTERM an agent drains: its node turns `draining`, the leader hands its buckets to the
+# other servers, then the agent fences its server, revokes its lease and exits. When `down`
+# stops all agents at once nobody is left to take the buckets, so each one waits out this
+# timeout; `down` allows the agents AGENT_STOP_TIMEOUT.
+DRAIN_TIMEOUT=10s
+AGENT_STOP_TIMEOUT=20
 # The proxy's ports: routing and admin.
 PROXY_PORT=5550
 ADMIN_PORT=5555
@@ -37,18 +46,23 @@ export ETCDCTL_API=3
 # and control planes, then the etcd members.
 ETCDS=(etcd1 etcd2 etcd3)
 CPS=(cp1 cp2)
+AGENTS=(agent1 agent2 agent3)
 SIMS=(sim1 sim2 sim3)
 PROXIES=(proxy)
-AGENTS=(agent1 agent2 agent3)
-ALL=("${ETCDS[@]}" "${CPS[@]}" "${SIMS[@]}" "${PROXIES[@]}" "${AGENTS[@]}")
+ALL=("${ETCDS[@]}" "${CPS[@]}" "${AGENTS[@]}" "${SIMS[@]}" "${PROXIES[@]}")
 
-# The ports each process listens on (agents listen on none yet).
+# The ports each process listens on. Agent N's local push API: gRPC (which sim N follows) and
+# its HTTP twin (with /metrics and /healthz).
 declare -A PORTS=(
   [etcd1]="2379 2380" [etcd2]="22379 22380" [etcd3]="32379 32380"
   [cp1]="5580 5581" [cp2]="15580 15581"
+  [agent1]="5570 5571" [agent2]="15570 15571" [agent3]="25570 25571"
   [sim1]="5001" [sim2]="5002" [sim3]="5003"
   [proxy]="$PROXY_PORT $ADMIN_PORT"
 )
+
+# Agent N's gRPC port (5570, 15570, 25570); its HTTP twin listens on the next port.
+agent_grpc_port() { echo $((($1 - 1) * 10000 + 5570)); }
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
@@ -85,10 +99,12 @@ command_of() {
         --grpc-listen "127.0.0.1:$((base + 5580))" --http-listen "127.0.0.1:$((base + 5581))")
       ;;
     sim*)
-      # --etcd: the sim serves only the buckets etcd assigns it, and answers 409 with
-      # X-Dtable-Not-Owner: 1 for the others.
+      # --agent: the sim serves only the buckets its agent's stream gives it, while the serving
+      # lease on that stream lasts, and answers 409 with X-Dtable-Not-Owner: 1 for the others.
+      # Bases live in the shared storage directory, every save stamped with the bucket epoch.
       CMD=("$BIN/dtable-server-sim" --listen "127.0.0.1:500$n" --node-id "dtable-server-$n"
-        --etcd "$ETCD_ENDPOINTS")
+        --agent "http://127.0.0.1:$(agent_grpc_port "$n")"
+        --storage-dir "$RUN/storage" --event-log "$RUN/events/dtable-server-$n.jsonl")
       ;;
     proxy)
       # A short shutdown grace, so `down` (which waits STOP_TIMEOUT per group) sees it exit.
@@ -97,9 +113,14 @@ command_of() {
         --shutdown-grace 5s)
       ;;
     agent*)
+      # The agent probes http://127.0.0.1:500N/ping/ and registers the server only while it
+      # answers.
+      local grpc
+      grpc="$(agent_grpc_port "$n")"
       CMD=("$BIN/dtable-agent" --etcd "$ETCD_ENDPOINTS" --node-id "dtable-server-$n"
         --node-url "http://127.0.0.1:500$n/" --local-node-url "http://127.0.0.1:500$n/"
-        --lease-ttl "$LEASE_TTL")
+        --lease-ttl "$LEASE_TTL" --drain-timeout "$DRAIN_TIMEOUT"
+        --grpc-listen "127.0.0.1:$grpc" --http-listen "127.0.0.1:$((grpc + 1))")
       ;;
   esac
 }
@@ -163,7 +184,7 @@ print_buckets() {
   fi
   while read -r count node; do
     total=$((total + count))
-    if grep -qxF "$node" <<<"$nodes"; then mark=""; else mark="  (not registered: moves once its lease expires)"; fi
+    if grep -qxF "$node" <<<"$nodes"; then mark=""; else mark="  (not registered)"; fi
     printf '  %4d  %s%s\n' "$count" "$node" "$mark"
   done <<<"$counts"
   ((total == 256)) || printf '  %4d  unassigned\n' $((256 - total))
@@ -238,6 +259,13 @@ cps_healthy() {
   http_ok http://127.0.0.1:5581/healthz ok && http_ok http://127.0.0.1:15581/healthz ok
 }
 
+agents_listening() {
+  local n
+  for n in 1 2 3; do
+    http_ok "http://127.0.0.1:$(($(agent_grpc_port "$n") + 1))/healthz" ok || return 1
+  done
+}
+
 proxy_ready() { http_ok "http://127.0.0.1:$ADMIN_PORT/readyz" ready; }
 
 # Ready: the 256 buckets are all placed, over exactly the three registered servers, balanced.
@@ -278,21 +306,24 @@ cmd_up() {
   (cd "$ROOT" && cargo build --workspace --bins) || die "the build failed (cargo's output above); nothing was started"
 
   rm -rf "$RUN"
-  mkdir -p "$RUN"
+  mkdir -p "$RUN/storage" "$RUN/events"
   trap 'echo >&2; fail_up "interrupted"' INT TERM
   deadline=$((SECONDS + UP_TIMEOUT))
   echo "starting etcd (3 members)"
   for name in "${ETCDS[@]}"; do start "$name"; done
   wait_for "etcd to be healthy" etcd_healthy "" "${ETCDS[@]}"
-  echo "starting 3 servers and 2 control planes"
-  for name in "${SIMS[@]}" "${CPS[@]}"; do start "$name"; done
-  wait_for "the servers to answer /ping/" sims_answer "" "${SIMS[@]}"
+  # The agents first: each keeps its server fenced (and unregistered) until the server has
+  # answered two health probes in a row.
+  echo "starting 2 control planes and 3 agents (lease TTL ${LEASE_TTL}s, drain timeout $DRAIN_TIMEOUT)"
+  for name in "${CPS[@]}" "${AGENTS[@]}"; do start "$name"; done
   wait_for "the control planes' /healthz" cps_healthy "" "${CPS[@]}"
+  wait_for "the agents' local APIs" agents_listening "" "${AGENTS[@]}"
+  echo "starting 3 servers (each following its agent; storage $RUN/storage)"
+  for name in "${SIMS[@]}"; do start "$name"; done
+  wait_for "the servers to answer /ping/" sims_answer "" "${SIMS[@]}"
   echo "starting the proxy (routing :$PROXY_PORT, admin :$ADMIN_PORT)"
   start proxy
   wait_for "the proxy's /readyz" proxy_ready "" proxy
-  echo "starting 3 agents (lease TTL ${LEASE_TTL}s)"
-  for name in "${AGENTS[@]}"; do start "$name"; done
   wait_for "all 256 buckets to be placed over the 3 servers" placed "${CPS[*]} ${AGENTS[*]}" \
     "${ETCDS[@]}" "${CPS[@]}" "${SIMS[@]}" proxy "${AGENTS[@]}"
   trap - INT TERM
@@ -303,6 +334,8 @@ dtable-cluster is up on 127.0.0.1 (leader: $(leader)).
 
   proxy           routing http://127.0.0.1:$PROXY_PORT   admin http://127.0.0.1:$ADMIN_PORT
                   curl -si http://127.0.0.1:$PROXY_PORT/dtables/$EXAMPLE_BASE | grep -i x-dtable-node
+                  curl -s -X POST http://127.0.0.1:$PROXY_PORT/api/v1/dtables/$EXAMPLE_BASE/rows/ -d '{"row":{"name":"x"}}'
+                  curl -s http://127.0.0.1:$PROXY_PORT/api/v1/dtables/$EXAMPLE_BASE/rows/
                   curl -X POST http://127.0.0.1:$ADMIN_PORT/rebalance/
                   curl http://127.0.0.1:$ADMIN_PORT/api/v1/lookup/$EXAMPLE_BASE
                   curl http://127.0.0.1:$ADMIN_PORT/metrics      (and /healthz, /readyz)
@@ -313,7 +346,11 @@ dtable-cluster is up on 127.0.0.1 (leader: $(leader)).
                   curl http://127.0.0.1:5581/api/v1/lookup/<base uuid>
                   curl http://127.0.0.1:5581/api/v1/leader
                   curl http://127.0.0.1:5581/metrics      (and /healthz)
-  servers         dtable-server-1..3 on http://127.0.0.1:5001/ .. :5003/ (GET /ping/)
+  servers         dtable-server-1..3 on http://127.0.0.1:5001/ .. :5003/ (GET /ping/, /_sim/state)
+                  bases in $RUN/storage/, events in $RUN/events/
+  agents          agent1 gRPC 127.0.0.1:5570   HTTP http://127.0.0.1:5571  (agent2: 1557x, agent3: 2557x)
+                  curl http://127.0.0.1:5571/v1/assignment
+                  curl http://127.0.0.1:5571/metrics      (and /healthz)
   etcd            $ETCD_ENDPOINTS
                   ETCDCTL_API=3 etcdctl --endpoints $ETCD_ENDPOINTS get --prefix assign-
   logs            $RUN/*.log   ($SELF logs)
@@ -325,11 +362,13 @@ EOF
   echo "stop it with: $SELF down"
 }
 
-# SIGTERM to PIDS, then waits (bounded) for them to exit.
+# SIGTERM to PIDS, all at once, then waits up to TIMEOUT seconds for them to exit.
+#   stop_pids TIMEOUT PIDS...
 stop_pids() {
-  local pid pids=() t alive
+  local timeout="$1" pid pids=() t alive
+  shift
   for pid in "$@"; do kill -TERM "$pid" 2>/dev/null && pids+=("$pid"); done
-  t=$((SECONDS + STOP_TIMEOUT))
+  t=$((SECONDS + timeout))
   while ((${#pids[@]} > 0 && SECONDS < t)); do
     alive=()
     for pid in "${pids[@]}"; do running "$pid" && alive+=("$pid"); done
@@ -353,19 +392,23 @@ marked_running() {
   return 0
 }
 
-# Stops every process this run directory started, agents first so they revoke their leases,
-# etcd last; SIGKILL for what is still running after that. True when none is left.
+# Stops every process this run directory started, agents first so they fence their servers
+# and revoke their leases, etcd last; SIGKILL for what is still running after that. True when
+# none is left.
 stop_all() {
   local pid
   # shellcheck disable=SC2046
   {
-    stop_pids $(pids_of "${AGENTS[@]}"; marked_running dtable-agent)
-    stop_pids $(pids_of "${PROXIES[@]}" "${SIMS[@]}" "${CPS[@]}"; marked_running dtable-proxy
-      marked_running dtable-server-sim; marked_running dtable-controlplane)
+    # All agents at once: each drains, but with every node draining there is nowhere to hand
+    # buckets to, so each waits out --drain-timeout, fences its server and revokes.
+    stop_pids "$AGENT_STOP_TIMEOUT" $(pids_of "${AGENTS[@]}"; marked_running dtable-agent)
+    stop_pids "$STOP_TIMEOUT" $(pids_of "${PROXIES[@]}" "${SIMS[@]}" "${CPS[@]}"
+      marked_running dtable-proxy; marked_running dtable-server-sim
+      marked_running dtable-controlplane)
     # One member at a time: members stopped together each wait out a leadership transfer.
-    stop_pids $(pids_of etcd3)
-    stop_pids $(pids_of etcd2)
-    stop_pids $(pids_of etcd1; marked_running etcd)
+    stop_pids "$STOP_TIMEOUT" $(pids_of etcd3)
+    stop_pids "$STOP_TIMEOUT" $(pids_of etcd2)
+    stop_pids "$STOP_TIMEOUT" $(pids_of etcd1; marked_running etcd)
   }
   for pid in $(marked_pids); do
     echo "killing pid $pid ($(readlink "/proc/$pid/exe" 2>/dev/null || echo gone)), still running after SIGTERM" >&2
@@ -380,7 +423,7 @@ cmd_down() {
     echo "the local cluster is not running"
     return
   fi
-  echo "stopping agents (they revoke their leases), then the proxy, servers and control planes, then etcd"
+  echo "stopping the agents (each drains for up to $DRAIN_TIMEOUT, fences its server and revokes its lease), then the proxy, servers and control planes, then etcd"
   stop_all || die "some processes did not stop: $(marked_pids | tr '\n' ' ')"
   rm -rf "$RUN"
   echo "stopped; removed $RUN"

@@ -49,6 +49,9 @@ pub(crate) struct AgentFollower {
     endpoint: Endpoint,
     /// The sim's shared state: ownership, bases, sockets.
     state: AppState,
+    /// Releases already acknowledged, so each (bucket, move id) is acked once, not on every
+    /// message that still lists it.
+    acked: std::sync::Mutex<BTreeSet<(Bucket, i64)>>,
 }
 
 impl AgentFollower {
@@ -60,7 +63,11 @@ impl AgentFollower {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| SimError::BadAgentUrl(format!("{url:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT);
-        Ok(AgentFollower { endpoint, state })
+        Ok(AgentFollower {
+            endpoint,
+            state,
+            acked: Default::default(),
+        })
     }
 
     /// Follows the agent until `shutdown`, reconnecting with back-off whenever the stream
@@ -147,14 +154,36 @@ impl AgentFollower {
             };
             own.reconcile(&wanted, Some(serve_until), &releasing);
         }
+        {
+            // Forget acks of releases no longer listed: their moves have ended.
+            let mut acked = self
+                .acked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            acked.retain(|r| releases.contains(r));
+        }
         for (bucket, move_id) in releases {
+            let done = self
+                .acked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&(bucket, move_id));
+            if done {
+                continue;
+            }
             self.release(bucket).await;
             let ack = client.ack_release(AckReleaseRequest {
                 bucket: bucket.to_string(),
                 move_id,
             });
             match with_timeout(ack).await {
-                Ok(()) => tracing::info!(%bucket, move_id, "acknowledged the release"),
+                Ok(()) => {
+                    tracing::info!(%bucket, move_id, "acknowledged the release");
+                    self.acked
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert((bucket, move_id));
+                }
                 Err(e) => tracing::warn!(%bucket, move_id, error = %e, "AckRelease failed"),
             }
         }
