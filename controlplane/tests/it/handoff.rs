@@ -128,3 +128,50 @@ async fn a_late_ack_cannot_complete_a_newer_move() {
     );
     stop.cancel();
 }
+
+#[tokio::test]
+async fn an_unacknowledged_move_is_abandoned_and_the_bucket_stays() {
+    let etcd = Etcd::start().await;
+    let c = etcd.client().await;
+    // Two registrations nobody serves: nothing will ever acknowledge a release.
+    put_node(&c, "dtable-server-a", "http://127.0.0.1:1/").await;
+    for b in 0..=255u8 {
+        dtable_testkit::cluster::put_assign(&c, b, "dtable-server-a").await;
+    }
+    put_node(&c, "dtable-server-b", "http://127.0.0.1:2/").await;
+    let mut cp = dtable_testkit::cluster::spawn_controlplane(
+        &etcd,
+        "cp1",
+        3,
+        &["--release-timeout", "2s", "--max-concurrent-moves", "4"],
+    );
+    wait_until("moves started", SETTLE, || {
+        let log = cp.proc.log();
+        async move { log.contains("handoff started") }
+    })
+    .await;
+    wait_until("a move abandoned on its release timeout", SETTLE, || {
+        let log = cp.proc.log();
+        async move { log.contains("move abandoned") && log.contains("release_timeout") }
+    })
+    .await;
+    // Every bucket is still served where it was, and never more than 4 moves were in flight.
+    assert!(
+        read_assignment(&c)
+            .await
+            .values()
+            .all(|n| n == "dtable-server-a")
+    );
+    let started = cp.proc.log().matches("handoff started").count();
+    let ended = cp.proc.log().matches("move abandoned").count();
+    assert!(started - ended <= 4, "{started} started, {ended} abandoned");
+    let metrics = dtable_testkit::http::get(cp.http, "/metrics")
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains(r#"dtable_moves_total{result="release_timeout"}"#),
+        "{metrics}"
+    );
+    cp.proc.kill9();
+}
