@@ -131,6 +131,11 @@ impl ApiState {
                 version: n.record.version.clone(),
                 bucket_count: counts.get(&n.record.node_id).copied().unwrap_or(0) as u32,
                 lease_id: n.lease,
+                lease_ttl_seconds: -1,
+                started_at: n.record.started_at.clone(),
+                role: "server".to_owned(),
+                healthy: true,
+                ..Default::default()
             })
             .collect();
         Ok(pb::ListNodesResponse {
@@ -261,6 +266,51 @@ impl pb::control_plane_server::ControlPlane for ApiState {
         _: tonic::Request<pb::GetLeaderRequest>,
     ) -> Result<tonic::Response<pb::LeaderInfo>, tonic::Status> {
         Ok(tonic::Response::new(self.leader().await))
+    }
+
+    async fn list_moves(
+        &self,
+        _: tonic::Request<pb::ListMovesRequest>,
+    ) -> Result<tonic::Response<pb::ListMovesResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("ListMoves"))
+    }
+
+    type WatchAssignmentStream =
+        tokio_stream::Empty<Result<pb::ClusterEvent, tonic::Status>>;
+
+    async fn watch_assignment(
+        &self,
+        _: tonic::Request<pb::WatchAssignmentRequest>,
+    ) -> Result<tonic::Response<Self::WatchAssignmentStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("WatchAssignment"))
+    }
+
+    async fn rebalance(
+        &self,
+        _: tonic::Request<pb::RebalanceRequest>,
+    ) -> Result<tonic::Response<pb::RebalanceResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("Rebalance"))
+    }
+
+    async fn drain(
+        &self,
+        _: tonic::Request<pb::NodeRequest>,
+    ) -> Result<tonic::Response<pb::IntentResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("Drain"))
+    }
+
+    async fn cordon(
+        &self,
+        _: tonic::Request<pb::NodeRequest>,
+    ) -> Result<tonic::Response<pb::IntentResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("Cordon"))
+    }
+
+    async fn uncordon(
+        &self,
+        _: tonic::Request<pb::NodeRequest>,
+    ) -> Result<tonic::Response<pb::IntentResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("Uncordon"))
     }
 }
 
