@@ -172,6 +172,7 @@ pub async fn serve_http(listener: TcpListener, state: ApiState, shutdown: Cancel
         .route("/api/v1/assignment", get(http_assignment))
         .route("/api/v1/nodes", get(http_nodes))
         .route("/api/v1/leader", get(http_leader))
+        .merge(crate::status::routes())
         .with_state(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

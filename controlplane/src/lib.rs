@@ -7,6 +7,7 @@ pub mod config;
 pub mod election;
 pub mod handoff;
 pub mod leader;
+pub mod status;
 pub mod writer;
 
 use dtable_core::cli::bind;
