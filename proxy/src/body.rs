@@ -11,6 +11,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::pool::PooledBody;
+
 /// Errors crossing the proxy's bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -186,5 +188,62 @@ impl Body for Tee {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The body of a response to a client: the upstream's, streamed, or one of the proxy's own.
+pub enum ClientBody {
+    /// From an upstream over a pooled HTTP/1.1 connection, which goes back to its pool when
+    /// the body has been read.
+    Pooled(PooledBody),
+    /// From an upstream over HTTP/2, or the answer to an upgrade request.
+    Upstream(Incoming),
+    /// The proxy's own answer (`None` once sent).
+    Own(Option<Bytes>),
+}
+
+impl ClientBody {
+    /// One of the proxy's own answers.
+    pub fn own(bytes: Bytes) -> ClientBody {
+        ClientBody::Own((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// An empty body.
+    pub fn empty() -> ClientBody {
+        ClientBody::Own(None)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Pooled(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Own(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Pooled(b) => b.is_end_stream(),
+            ClientBody::Upstream(b) => b.is_end_stream(),
+            ClientBody::Own(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Pooled(b) => b.size_hint(),
+            ClientBody::Upstream(b) => b.size_hint(),
+            ClientBody::Own(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }

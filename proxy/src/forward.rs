@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dtable_core::Bucket;
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -18,14 +17,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
+pub use crate::body::ClientBody;
 use crate::body::{Payload, UpstreamBody, is_too_large};
 use crate::locate::bucket_of;
 use crate::metrics::ProxyMetrics;
+use crate::pool::SendError;
 use crate::table::{Route, RoutingTable, Upstream};
 use crate::upgrade::SocketRegistry;
-
-/// The body type of responses to clients: the upstream's, streamed, or one of ours.
-pub type ClientBody = Either<Incoming, Full<Bytes>>;
 
 /// Header by which a server says it does not own the base (with status 409).
 pub const NOT_OWNER_HEADER: &str = "x-dtable-not-owner";
@@ -63,10 +61,12 @@ pub struct ForwardSettings {
     pub retry_body_limit: usize,
 }
 
-/// Forwards requests; shared by every connection.
+/// Forwards requests; shared by every connection. Plain HTTP/1.1 requests go over each
+/// upstream's own connection pool (in the routing table); HTTP/2 and upgrade requests over
+/// hyper-util's client.
 pub struct Forwarder {
     pub(crate) table_rx: watch::Receiver<Arc<RoutingTable>>,
-    h1: Client<HttpConnector, UpstreamBody>,
+    upgrades: Client<HttpConnector, UpstreamBody>,
     h2: Client<HttpConnector, UpstreamBody>,
     settings: ForwardSettings,
     round_robin: AtomicUsize,
@@ -149,7 +149,7 @@ pub fn json_response(
     retry: bool,
 ) -> Response<ClientBody> {
     let body = serde_json::json!({ "code": code, "error": msg }).to_string();
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    let mut resp = Response::new(ClientBody::own(Bytes::from(body)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -175,9 +175,8 @@ impl Forwarder {
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         let exec = hyper_util::rt::TokioExecutor::new();
-        let h1 = Client::builder(exec.clone())
+        let upgrades = Client::builder(exec.clone())
             .pool_idle_timeout(idle_timeout)
-            .pool_max_idle_per_host(1024)
             .build(connector.clone());
         let h2 = Client::builder(exec)
             .pool_idle_timeout(idle_timeout)
@@ -185,7 +184,7 @@ impl Forwarder {
             .build(connector);
         Forwarder {
             table_rx,
-            h1,
+            upgrades,
             h2,
             settings,
             round_robin: AtomicUsize::new(0),
@@ -226,7 +225,7 @@ impl Forwarder {
             return crate::upgrade::forward(self, req, bucket, target.upstream, target.epoch, peer)
                 .await;
         }
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let content_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -242,6 +241,12 @@ impl Forwarder {
                 }
             })?;
 
+        // The headers every attempt sends, made once.
+        let h2 = parts.version == Version::HTTP_2;
+        let mut headers = std::mem::take(&mut parts.headers);
+        strip_hop_by_hop(&mut headers, h2);
+        add_forwarding(&mut headers, &parts.uri, peer);
+
         let mut target = self.resolve(bucket, deadline, None).await?;
         let mut retried_connect = false;
         let mut backoff = Duration::from_millis(25);
@@ -251,12 +256,21 @@ impl Forwarder {
                     bucket.expect("only bucketed requests retry"),
                 ));
             };
-            let upstream_req = upstream_request(&parts, &target, peer, body);
+            let upstream_req = upstream_request(&parts, headers.clone(), &target, h2, body);
             let sent = Instant::now();
-            let result = if parts.version == Version::HTTP_2 {
-                self.h2.request(upstream_req).await
+            let result = if h2 {
+                self.h2
+                    .request(upstream_req)
+                    .await
+                    .map(|r| r.map(ClientBody::Upstream))
+                    .map_err(SendError::from)
             } else {
-                self.h1.request(upstream_req).await
+                target
+                    .upstream
+                    .pool
+                    .send(upstream_req)
+                    .await
+                    .map(|r| r.map(ClientBody::Pooled))
             };
             match result {
                 Ok(resp) if is_not_owner(&resp) => {
@@ -316,9 +330,9 @@ impl Forwarder {
         }
     }
 
-    /// The HTTP/1.1 client, for upgrades.
+    /// The HTTP/1.1 client for upgrades, whose connections are handed over to the splice.
     pub(crate) fn upgrade_client(&self) -> &Client<HttpConnector, UpstreamBody> {
-        &self.h1
+        &self.upgrades
     }
 
     /// Where to send a request: the bucket's owner (waiting until `deadline` for one with an
@@ -386,9 +400,9 @@ fn is_not_owner<B>(resp: &Response<B>) -> bool {
 }
 
 /// Strips hop-by-hop headers from an upstream response.
-fn finish(mut resp: Response<Incoming>) -> Response<ClientBody> {
+fn finish(mut resp: Response<ClientBody>) -> Response<ClientBody> {
     strip_hop_by_hop(resp.headers_mut(), false);
-    resp.map(Either::Left)
+    resp
 }
 
 /// Headers that describe one connection, not the message.
@@ -431,29 +445,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
-/// Builds the request to the upstream: its URI, the forwarding headers and the epoch.
+/// Builds the request to the upstream: its URI (origin-form over a pooled HTTP/1.1
+/// connection, absolute for the HTTP/2 client), `Host`, and the bucket's epoch on top of the
+/// forwarded `headers`.
 fn upstream_request(
     parts: &hyper::http::request::Parts,
+    mut headers: HeaderMap,
     target: &Target,
-    peer: &Peer,
+    h2: bool,
     body: UpstreamBody,
 ) -> Request<UpstreamBody> {
+    let up = &target.upstream;
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = upstream_uri(&target.upstream, &parts.uri);
-    *req.version_mut() = if parts.version == Version::HTTP_2 {
-        Version::HTTP_2
+    if h2 {
+        *req.uri_mut() = upstream_uri(up, &parts.uri);
+        *req.version_mut() = Version::HTTP_2;
     } else {
-        Version::HTTP_11
-    };
-    let headers = req.headers_mut();
-    headers.clone_from(&parts.headers);
-    strip_hop_by_hop(headers, parts.version == Version::HTTP_2);
-    add_forwarding(headers, parts, peer);
+        *req.uri_mut() = upstream_path(up, &parts.uri);
+        *req.version_mut() = Version::HTTP_11;
+        headers.insert(header::HOST, up.host.clone());
+    }
     if let Some(epoch) = target.epoch {
         headers.insert(EPOCH_HEADER, HeaderValue::from(epoch));
     }
+    *req.headers_mut() = headers;
     req
+}
+
+/// The request target for an HTTP/1.1 upstream: the node's path prefix, then the request's
+/// path and query.
+fn upstream_path(up: &Upstream, uri: &Uri) -> Uri {
+    match (up.prefix.is_empty(), uri.path_and_query()) {
+        (true, Some(pq)) => Uri::from(pq.clone()),
+        (_, pq) => {
+            let pq = pq.map_or("/", |pq| pq.as_str());
+            format!("{}{pq}", up.prefix)
+                .parse()
+                .expect("a prefix and a valid path")
+        }
+    }
 }
 
 /// The upstream URI: the node's scheme, authority and path prefix, then the request's path
@@ -474,13 +505,11 @@ pub fn upstream_uri(up: &Upstream, uri: &Uri) -> Uri {
     Uri::from_parts(parts).expect("parts of valid URIs")
 }
 
-/// X-Forwarded-For (appended), -Proto and -Host; the Host header goes, so the client sets
-/// the upstream's.
-pub fn add_forwarding(headers: &mut HeaderMap, parts: &hyper::http::request::Parts, peer: &Peer) {
+/// X-Forwarded-For (appended), -Proto and -Host; the Host header goes, so the upstream's
+/// is set instead.
+pub fn add_forwarding(headers: &mut HeaderMap, uri: &Uri, peer: &Peer) {
     let host = headers.remove(header::HOST).or_else(|| {
-        parts
-            .uri
-            .authority()
+        uri.authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

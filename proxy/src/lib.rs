@@ -8,6 +8,7 @@ pub mod config;
 pub mod forward;
 pub mod locate;
 pub mod metrics;
+pub mod pool;
 pub mod server;
 pub mod table;
 pub mod upgrade;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Args, ProxyConfig};
 use forward::Forwarder;
+use pool::PoolSettings;
 use table::RoutingTable;
 use upgrade::SocketRegistry;
 
@@ -51,12 +53,18 @@ pub async fn run(
 
     let sockets = Arc::new(SocketRegistry::new());
     let (table_tx, table_rx) = watch::channel(Arc::new(RoutingTable::default()));
+    let pool = PoolSettings {
+        connect_timeout: cfg.connect_timeout,
+        idle_timeout: cfg.idle_timeout,
+    };
     tokio::spawn(follow_view(
         view_rx.clone(),
         table_tx,
+        pool,
         Arc::clone(&sockets),
         background.clone(),
     ));
+    tokio::spawn(sweep_idle(table_rx.clone(), pool, background.clone()));
     let fwd = Arc::new(Forwarder::new(
         table_rx,
         cfg.forward.clone(),
@@ -83,13 +91,14 @@ pub async fn run(
 async fn follow_view(
     mut view_rx: ViewRx,
     table_tx: watch::Sender<Arc<RoutingTable>>,
+    pool: PoolSettings,
     sockets: Arc<SocketRegistry>,
     stop: CancellationToken,
 ) {
     loop {
         let view = view_rx.borrow_and_update().clone();
         if view.revision > 0 {
-            let table = Arc::new(RoutingTable::from_view(&view, &table_tx.borrow()));
+            let table = Arc::new(RoutingTable::from_view(&view, &table_tx.borrow(), pool));
             let closed = sockets.retain(&table);
             if closed > 0 {
                 tracing::info!(buckets = closed, "closed WebSockets of moved buckets");
@@ -101,5 +110,28 @@ async fn follow_view(
             _ = stop.cancelled() => return,
             changed = view_rx.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+/// Closes upstream connections that sat idle past the idle timeout.
+async fn sweep_idle(
+    table_rx: watch::Receiver<Arc<RoutingTable>>,
+    pool: PoolSettings,
+    stop: CancellationToken,
+) {
+    let every = (pool.idle_timeout / 2).max(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let table = Arc::clone(&table_rx.borrow());
+        let mut seen = std::collections::HashSet::new();
+        let idle: usize = table
+            .upstreams()
+            .filter(|u| seen.insert(Arc::as_ptr(u)))
+            .map(|u| u.pool.sweep())
+            .sum();
+        ::metrics::gauge!("dtable_proxy_upstream_idle_connections").set(idle as f64);
     }
 }

@@ -5,10 +5,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use dtable_core::{BUCKET_COUNT, Bucket, ClusterView, NodeState};
+use hyper::header::HeaderValue;
 use hyper::http::uri::{Authority, Scheme};
 
-/// Where requests for one node go: its `local_node_url`, parsed once.
-#[derive(Debug, PartialEq, Eq)]
+use crate::pool::{ConnPool, PoolSettings};
+
+/// Where requests for one node go: its `local_node_url`, parsed once, and the pool of
+/// keep-alive connections to it.
+#[derive(Debug)]
 pub struct Upstream {
     /// The node id, for logs and headers.
     pub node_id: String,
@@ -18,22 +22,41 @@ pub struct Upstream {
     pub authority: Authority,
     /// A path prefix from the URL, without the trailing slash ("" for none).
     pub prefix: String,
+    /// The `Host` header for requests to it.
+    pub host: HeaderValue,
+    /// Idle HTTP/1.1 connections to it.
+    pub pool: Arc<ConnPool>,
 }
 
 impl Upstream {
     /// Parses a node's `local_node_url`; `None` when it is not an absolute http URL.
-    pub fn parse(node_id: &str, url: &str) -> Option<Upstream> {
+    pub fn parse(node_id: &str, url: &str, settings: PoolSettings) -> Option<Upstream> {
         let uri: hyper::Uri = url.parse().ok()?;
         let scheme = uri.scheme()?.clone();
         if scheme != Scheme::HTTP {
             return None;
         }
+        let authority = uri.authority()?.clone();
+        let addr = match authority.port_u16() {
+            Some(_) => authority.as_str().to_owned(),
+            None => format!("{}:80", authority.host()),
+        };
         Some(Upstream {
             node_id: node_id.to_owned(),
             scheme,
-            authority: uri.authority()?.clone(),
+            host: HeaderValue::from_str(authority.as_str()).ok()?,
+            authority,
             prefix: uri.path().trim_end_matches('/').to_owned(),
+            pool: ConnPool::new(addr, settings),
         })
+    }
+
+    /// True when both send to the same place (their pools aside).
+    pub fn same_target(&self, other: &Upstream) -> bool {
+        self.node_id == other.node_id
+            && self.scheme == other.scheme
+            && self.authority == other.authority
+            && self.prefix == other.prefix
     }
 }
 
@@ -74,9 +97,13 @@ impl Default for RoutingTable {
 }
 
 impl RoutingTable {
-    /// Builds the table from a view, reusing the upstreams of `previous` whose URL is
-    /// unchanged.
-    pub fn from_view(view: &ClusterView, previous: &RoutingTable) -> RoutingTable {
+    /// Builds the table from a view, reusing the upstreams (and so their connections) of
+    /// `previous` whose URL is unchanged.
+    pub fn from_view(
+        view: &ClusterView,
+        previous: &RoutingTable,
+        settings: PoolSettings,
+    ) -> RoutingTable {
         let known: HashMap<&str, &Arc<Upstream>> = previous
             .active_and_owners()
             .map(|u| (u.node_id.as_str(), u))
@@ -84,13 +111,13 @@ impl RoutingTable {
         let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
         for (id, node) in &view.nodes {
             let url = &node.record.local_node_url;
-            let fresh = Upstream::parse(id.as_str(), url);
+            let fresh = Upstream::parse(id.as_str(), url, settings);
             let Some(fresh) = fresh else {
                 tracing::warn!(node_id = %id, local_node_url = %url, "node has no usable http local_node_url; not routing to it");
                 continue;
             };
             let up = match known.get(id.as_str()) {
-                Some(old) if ***old == fresh => Arc::clone(old),
+                Some(old) if old.same_target(&fresh) => Arc::clone(old),
                 _ => Arc::new(fresh),
             };
             upstreams.insert(id.as_str(), up);
@@ -135,6 +162,11 @@ impl RoutingTable {
         (!self.active.is_empty()).then(|| &self.active[n % self.active.len()])
     }
 
+    /// Every upstream the table routes to (some more than once).
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.active_and_owners()
+    }
+
     fn active_and_owners(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.active
             .iter()
@@ -150,6 +182,11 @@ mod tests {
     use dtable_core::{KeyLayout, KvMeta};
 
     use super::*;
+
+    const SETTINGS: PoolSettings = PoolSettings {
+        connect_timeout: std::time::Duration::from_secs(1),
+        idle_timeout: std::time::Duration::from_secs(60),
+    };
 
     fn view() -> ClusterView {
         let k = KeyLayout::default();
@@ -204,7 +241,7 @@ mod tests {
 
     #[test]
     fn routes_follow_the_view() {
-        let t = RoutingTable::from_view(&view(), &RoutingTable::default());
+        let t = RoutingTable::from_view(&view(), &RoutingTable::default(), SETTINGS);
         match t.route(Bucket(0)) {
             Route::Owned { upstream, epoch } => {
                 assert_eq!(upstream.authority.as_str(), "127.0.0.1:5001");
@@ -228,8 +265,8 @@ mod tests {
 
     #[test]
     fn unchanged_upstreams_are_reused() {
-        let first = RoutingTable::from_view(&view(), &RoutingTable::default());
-        let second = RoutingTable::from_view(&view(), &first);
+        let first = RoutingTable::from_view(&view(), &RoutingTable::default(), SETTINGS);
+        let second = RoutingTable::from_view(&view(), &first, SETTINGS);
         assert!(Arc::ptr_eq(
             first.any_active(0).unwrap(),
             second.any_active(0).unwrap()

@@ -99,7 +99,7 @@ pub async fn forward(
     *up_req.uri_mut() = upstream_uri(&upstream, &parts.uri);
     let headers = up_req.headers_mut();
     headers.clone_from(&parts.headers);
-    add_forwarding(headers, &parts, peer);
+    add_forwarding(headers, &parts.uri, peer);
     if let Some(e) = epoch {
         headers.insert(EPOCH_HEADER, HeaderValue::from(e));
     }
@@ -113,7 +113,7 @@ pub async fn forward(
                 reason: e.to_string(),
             })?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(resp.map(http_body_util::Either::Left));
+        return Ok(resp.map(ClientBody::Upstream));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let token = bucket.map(|b| fwd.sockets.token(b, &upstream.node_id));
@@ -142,8 +142,5 @@ pub async fn forward(
     });
     let (mut parts, _) = resp.into_parts();
     parts.headers.remove(header::TRANSFER_ENCODING);
-    Ok(Response::from_parts(
-        parts,
-        http_body_util::Either::Right(http_body_util::Full::default()),
-    ))
+    Ok(Response::from_parts(parts, ClientBody::empty()))
 }

@@ -72,8 +72,7 @@ async fn run_inner(args: Args) -> anyhow::Result<()> {
     let etcd = Etcd::start().await;
     let opts = EtcdOptions {
         endpoints: etcd.endpoints(),
-        user: None,
-        password: None,
+        ..EtcdOptions::default()
     };
     let keys = KeyLayout::default();
     let mut client = timeout(WAIT_LIMIT, connect(&opts))
