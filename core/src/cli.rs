@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{ClusterConfig, ConfigError, read_seatable_config, split_hosts};
-use crate::etcd::EtcdOptions;
+use crate::etcd::{EtcdOptions, EtcdTls};
 use crate::keys::KeyLayout;
+use crate::tls::{parse_certs, read_identity, read_pem};
 
 /// Exit status for invalid configuration (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
 
-/// The etcd flags, flattened into each binary's arguments.
-#[derive(Debug, Clone, clap::Args)]
+/// The etcd flags, flattened into each binary's arguments. Its `Debug` hides the password.
+#[derive(Clone, clap::Args)]
 pub struct EtcdArgs {
     /// etcd endpoints, host:port, comma-separated.
     #[arg(long, env = "DTABLE_ETCD")]
@@ -21,15 +22,45 @@ pub struct EtcdArgs {
     /// Namespace put in front of every key; keep it empty where dtable-web reads the keys.
     #[arg(long, env = "DTABLE_ETCD_PREFIX", default_value = "")]
     pub etcd_prefix: String,
-    /// etcd user, for password auth.
+    /// etcd user, for etcd's password auth (`etcdctl auth enable`). Needs --etcd-password.
     #[arg(long, env = "DTABLE_ETCD_USER")]
     pub etcd_user: Option<String>,
-    /// Password of --etcd-user.
+    /// Password of --etcd-user. Prefer the environment variable to the flag, which other
+    /// local users can read in the process list; it is never logged.
     #[arg(long, env = "DTABLE_ETCD_PASSWORD", hide_env_values = true)]
     pub etcd_password: Option<String>,
+    /// PEM CA certificate(s) that signed etcd's server certificate. Setting it turns on TLS
+    /// to etcd: endpoints given as host:port are reached over https.
+    #[arg(long, env = "DTABLE_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate presented to etcd, for an etcd run with --client-cert-auth.
+    /// Needs --etcd-key and --etcd-ca.
+    #[arg(long, env = "DTABLE_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --etcd-cert.
+    #[arg(long, env = "DTABLE_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
     /// SeaTable's dtable_server_config.json; its cluster_config block fills unset flags.
     #[arg(long, env = "DTABLE_SEATABLE_CONFIG")]
     pub seatable_config: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for EtcdArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdArgs")
+            .field("etcd", &self.etcd)
+            .field("etcd_prefix", &self.etcd_prefix)
+            .field("etcd_user", &self.etcd_user)
+            .field(
+                "etcd_password",
+                &self.etcd_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("etcd_ca", &self.etcd_ca)
+            .field("etcd_cert", &self.etcd_cert)
+            .field("etcd_key", &self.etcd_key)
+            .field("seatable_config", &self.seatable_config)
+            .finish()
+    }
 }
 
 impl EtcdArgs {
@@ -41,7 +72,8 @@ impl EtcdArgs {
         }
     }
 
-    /// The etcd connection and key layout, flags first, then the SeaTable file.
+    /// The etcd connection and key layout, flags first, then the SeaTable file. Reads and
+    /// checks the TLS files, so a missing or broken one is refused here, naming its flag.
     pub fn resolve(&self, file: &ClusterConfig) -> Result<(EtcdOptions, KeyLayout), ConfigError> {
         let endpoints = match &self.etcd {
             Some(list) => split_hosts(list),
@@ -69,14 +101,68 @@ impl EtcdArgs {
                 ));
             }
         };
+        let tls = self.etcd_tls()?;
+        if let Some(bad) = endpoints.iter().find(|e| {
+            let https = e.starts_with("https://");
+            (tls.is_some() && !https && e.contains("://")) || (tls.is_none() && https)
+        }) {
+            let problem = if tls.is_some() {
+                format!(
+                    "{bad:?} is plain http but --etcd-ca turns TLS on; give host:port or https://"
+                )
+            } else {
+                format!("{bad:?} is https: set --etcd-ca to the CA that signed etcd's certificate")
+            };
+            return Err(ConfigError::field("--etcd", problem));
+        }
         Ok((
             EtcdOptions {
                 endpoints,
                 user,
                 password,
+                tls,
             },
             KeyLayout::new(self.etcd_prefix.clone()),
         ))
+    }
+
+    /// The TLS settings from --etcd-ca, --etcd-cert and --etcd-key, read and checked.
+    fn etcd_tls(&self) -> Result<Option<EtcdTls>, ConfigError> {
+        let identity = match (&self.etcd_cert, &self.etcd_key) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::field(
+                    "--etcd-key",
+                    "required with --etcd-cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::field(
+                    "--etcd-cert",
+                    "required with --etcd-key",
+                ));
+            }
+            (Some(cert), Some(key)) => Some((cert, key)),
+        };
+        let Some(ca) = &self.etcd_ca else {
+            if identity.is_some() {
+                return Err(ConfigError::field(
+                    "--etcd-ca",
+                    "required with --etcd-cert: the CA that signed etcd's server certificate",
+                ));
+            }
+            return Ok(None);
+        };
+        let ca_pem = read_pem("--etcd-ca", ca)?;
+        parse_certs("--etcd-ca", ca, &ca_pem)?;
+        let identity = match identity {
+            Some((cert, key)) => {
+                let id = read_identity(("--etcd-cert", cert), ("--etcd-key", key))?;
+                Some((id.cert_pem, id.key_pem))
+            }
+            None => None,
+        };
+        Ok(Some(EtcdTls { ca_pem, identity }))
     }
 }
 

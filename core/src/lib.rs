@@ -20,3 +20,7 @@ pub use view::{ClusterView, KvMeta};
 pub mod cli;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "etcd")]
+pub mod tls;
+#[cfg(feature = "etcd")]
+pub mod auth;

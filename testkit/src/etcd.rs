@@ -1,11 +1,13 @@
 //! A real etcd for integration tests: one member or a static cluster on free loopback ports,
 //! with data on tmpfs and no fsync, killed and removed when the [`Etcd`] handle is dropped.
+//! Optionally secured like a production etcd ([`Security`]): TLS on the client URLs, client
+//! certificates required, password auth enabled.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tempfile::TempDir;
 
 use crate::process::{Proc, read_log, tail};
@@ -30,6 +32,56 @@ const HEARTBEAT_MS: &str = "50";
 /// Raft election timeout in milliseconds (10 heartbeats, as etcd recommends).
 const ELECTION_TIMEOUT_MS: &str = "500";
 
+/// How a test etcd is secured. The default, plain and open, is what [`Etcd::start`] runs.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// TLS on the members' client URLs (peers still talk plain http on loopback).
+    pub tls: Option<EtcdTlsFiles>,
+    /// With a password, once the members answer the harness adds user `root` with it, grants
+    /// it the `root` role and enables auth; from then on its own clients log in as `root`.
+    pub root_password: Option<String>,
+}
+
+/// PEM files for an etcd with TLS.
+#[derive(Clone, Debug)]
+pub struct EtcdTlsFiles {
+    /// CA that signed the server certificate (and the client certificates): etcd's
+    /// `--trusted-ca-file`, and what the harness's own clients trust.
+    pub ca: PathBuf,
+    /// Server certificate, valid for 127.0.0.1 (etcd's `--cert-file`). etcd's gateway also
+    /// uses it as a client certificate, so with client certificates required it needs the
+    /// clientAuth usage too.
+    pub cert: PathBuf,
+    /// Its key (`--key-file`).
+    pub key: PathBuf,
+    /// Client certificate and key the harness's own clients present. When set, etcd runs with
+    /// `--client-cert-auth` and refuses clients without a certificate signed by `ca`.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// How the harness's own clients reach the members.
+#[derive(Clone, Debug, Default)]
+struct Access {
+    /// TLS options when the client URLs are https.
+    tls: Option<TlsOptions>,
+    /// `root` and its password once auth is enabled.
+    user: Option<(String, String)>,
+}
+
+impl Access {
+    /// Connect options with a connect timeout of `connect_timeout`.
+    fn options(&self, connect_timeout: Duration) -> ConnectOptions {
+        let mut options = ConnectOptions::new().with_connect_timeout(connect_timeout);
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.clone());
+        }
+        if let Some((user, password)) = &self.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        options
+    }
+}
+
 /// A running etcd: one member or a cluster. Dropping it SIGKILLs every member process, reaps
 /// it, and then removes the data and log directory.
 #[derive(Debug)]
@@ -41,6 +93,10 @@ pub struct Etcd {
     bin: PathBuf,
     /// The static `--initial-cluster` value shared by every member.
     initial_cluster: String,
+    /// TLS and auth, as asked for at start.
+    security: Security,
+    /// How the harness's own clients connect (TLS, and the root login once auth is on).
+    access: Access,
     /// Holds each member's data dir and log.
     dir: TempDir,
 }
@@ -63,7 +119,7 @@ struct Member {
 }
 
 impl Member {
-    /// The client endpoint, without scheme.
+    /// The client endpoint, without scheme (https when the etcd has TLS).
     fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
     }
@@ -97,15 +153,41 @@ impl Etcd {
     /// # Panics
     /// If `members` is 0, etcd is not installed, or the cluster does not come up.
     pub async fn start_cluster(members: usize) -> Etcd {
+        Etcd::start_cluster_secured(members, Security::default()).await
+    }
+
+    /// Starts a single-member etcd secured as `security` says and waits until it answers.
+    ///
+    /// # Panics
+    /// As [`Etcd::start`], and if a TLS file cannot be read or auth cannot be enabled.
+    pub async fn start_secured(security: Security) -> Etcd {
+        Etcd::start_cluster_secured(1, security).await
+    }
+
+    /// [`Etcd::start_cluster`] secured as `security` says: TLS on the client URLs, and auth
+    /// enabled (user `root`) once every member answers.
+    ///
+    /// # Panics
+    /// As [`Etcd::start_cluster`], and if a TLS file cannot be read or auth cannot be enabled.
+    pub async fn start_cluster_secured(members: usize, security: Security) -> Etcd {
         assert!(members > 0, "an etcd cluster needs at least one member");
         let bin = etcd_bin();
+        let access = Access {
+            tls: security.tls.as_ref().map(tls_options),
+            user: None,
+        };
         let mut last_failure = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut etcd = Etcd::plan(bin.clone(), members);
+            let mut etcd = Etcd::plan(bin.clone(), members, security.clone(), access.clone());
             etcd.spawn_all();
             let all: Vec<usize> = (0..members).collect();
             match etcd.wait_healthy(&all).await {
-                Ok(()) => return etcd,
+                Ok(()) => {
+                    if let Some(password) = &security.root_password {
+                        etcd.enable_auth(password).await;
+                    }
+                    return etcd;
+                }
                 Err(StartFailure::TimedOut(msg)) => panic!("{msg}"),
                 Err(StartFailure::Exited(msg)) => {
                     eprintln!("etcd start attempt {attempt}/{START_ATTEMPTS} failed: {msg}");
@@ -116,8 +198,27 @@ impl Etcd {
         panic!("etcd did not start after {START_ATTEMPTS} attempts; last failure: {last_failure}");
     }
 
+    /// Adds user `root` with `password`, grants it the `root` role, enables auth, and has the
+    /// harness's own clients log in as `root` from now on.
+    async fn enable_auth(&mut self, password: &str) {
+        let mut client = self.client().await;
+        client
+            .user_add("root", password, None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot add etcd user root: {e}"));
+        client
+            .user_grant_role("root", "root")
+            .await
+            .unwrap_or_else(|e| panic!("cannot grant etcd user root the root role: {e}"));
+        client
+            .auth_enable()
+            .await
+            .unwrap_or_else(|e| panic!("cannot enable etcd auth: {e}"));
+        self.access.user = Some(("root".to_owned(), password.to_owned()));
+    }
+
     /// Picks ports and directories for `count` members, starting none.
-    fn plan(bin: PathBuf, count: usize) -> Etcd {
+    fn plan(bin: PathBuf, count: usize, security: Security, access: Access) -> Etcd {
         let dir = scratch_dir("dtable-etcd-");
         let ports = free_ports(count * 2);
         let members: Vec<Member> = (0..count)
@@ -139,6 +240,8 @@ impl Etcd {
             members,
             bin,
             initial_cluster,
+            security,
+            access,
             dir,
         }
     }
@@ -159,7 +262,12 @@ impl Etcd {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "dtable-testkit".to_owned());
         let member = &self.members[index];
-        let client_url = format!("http://127.0.0.1:{}", member.client_port);
+        let client_scheme = if self.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let client_url = format!("{client_scheme}://127.0.0.1:{}", member.client_port);
         let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--name")
@@ -180,6 +288,17 @@ impl Etcd {
             .args(["--log-outputs", "stderr"])
             // etcd reads ETCD_* variables as flags; ours is not one.
             .env_remove(ETCD_BIN_ENV);
+        if let Some(tls) = &self.security.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+            if tls.client.is_some() {
+                cmd.arg("--trusted-ca-file")
+                    .arg(&tls.ca)
+                    .arg("--client-cert-auth");
+            }
+        }
         let proc = Proc::from_command(&member.name, cmd, member.log_path.clone());
         self.members[index].proc = Some(proc);
     }
@@ -206,7 +325,7 @@ impl Etcd {
             }
             let mut still = Vec::new();
             for &i in &pending {
-                if !answers(&self.members[i].endpoint()).await {
+                if !answers(&self.members[i].endpoint(), &self.access).await {
                     still.push(i);
                 }
             }
@@ -237,8 +356,8 @@ impl Etcd {
         Ok(())
     }
 
-    /// The client endpoints, `127.0.0.1:PORT` without scheme, one per member (killed members
-    /// included), in member order.
+    /// The client endpoints, `127.0.0.1:PORT` without scheme (https when the etcd has TLS),
+    /// one per member (killed members included), in member order.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::endpoint).collect()
     }
@@ -278,12 +397,13 @@ impl Etcd {
         read_log(&self.members[index].log_path)
     }
 
-    /// A client connected to all endpoints.
+    /// A client connected to all endpoints (over TLS, and logged in as `root`, when the etcd
+    /// is secured so).
     ///
     /// # Panics
     /// If the client cannot be built.
     pub async fn client(&self) -> Client {
-        connect(&self.endpoints()).await
+        connect(&self.endpoints(), &self.access).await
     }
 
     /// A client connected to member `index` only, to see what that member serves.
@@ -291,7 +411,7 @@ impl Etcd {
     /// # Panics
     /// If the client cannot be built.
     pub async fn member_client(&self, index: usize) -> Client {
-        connect(&[self.member_endpoint(index)]).await
+        connect(&[self.member_endpoint(index)], &self.access).await
     }
 
     /// Kills member `index` with SIGKILL and reaps it; its data dir and ports are kept for
@@ -331,17 +451,32 @@ impl Drop for Etcd {
 }
 
 /// Connects a client to `endpoints` with a short connect timeout.
-async fn connect(endpoints: &[String]) -> Client {
-    let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+async fn connect(endpoints: &[String], access: &Access) -> Client {
+    let options = access.options(Duration::from_secs(2));
     Client::connect(endpoints, Some(options))
         .await
         .unwrap_or_else(|e| panic!("cannot connect an etcd client to {endpoints:?}: {e}"))
 }
 
+/// The harness clients' TLS options: trust `ca`, present the client certificate if any.
+///
+/// # Panics
+/// If a file cannot be read.
+fn tls_options(tls: &EtcdTlsFiles) -> TlsOptions {
+    let read = |path: &Path| {
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    };
+    let options = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)));
+    match &tls.client {
+        Some((cert, key)) => options.identity(Identity::from_pem(read(cert), read(key))),
+        None => options,
+    }
+}
+
 /// Whether the member at `endpoint` answers a linearizable read within a second.
-async fn answers(endpoint: &str) -> bool {
+async fn answers(endpoint: &str, access: &Access) -> bool {
     let probe = async {
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
+        let options = access.options(Duration::from_millis(500));
         let mut client = Client::connect([endpoint], Some(options)).await.ok()?;
         client.get("dtable-testkit/health", None).await.ok()
     };
@@ -390,7 +525,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_that_cannot_bind_is_reported_as_exited() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut etcd = Etcd::plan(etcd_bin(), 1);
+        let mut etcd = Etcd::plan(etcd_bin(), 1, Security::default(), Access::default());
         etcd.members[0].client_port = taken.local_addr().unwrap().port();
         etcd.spawn_all();
         match etcd.wait_healthy(&[0]).await {
