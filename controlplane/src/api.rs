@@ -1,41 +1,57 @@
-//! The read API, served by every instance from its own watch cache: gRPC `ControlPlane` and
-//! its HTTP JSON twin, plus `/metrics` and `/healthz`.
+//! The control-plane API's operations, shared by the gRPC service ([`crate::grpc`]) and its
+//! HTTP JSON twin ([`crate::http`]). Every instance answers reads from its own watch cache, so
+//! standbys serve them; intents (cordon, drain, uncordon, rebalance requests) are plain etcd
+//! writes that need no leadership: any instance records them and the leader carries them out.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use dtable_core::etcd::ViewRx;
-use dtable_core::view::Lookup;
-use dtable_core::{Bucket, ClusterView, KeyLayout};
+use dtable_core::etcd::{CALL_TIMEOUT, ViewRx};
+use dtable_core::keys::{CLUSTER_PREFIX, cordon_name};
+use dtable_core::placement::{Policy, place};
+use dtable_core::view::{CordonIntent, CordonMode, Lookup};
+use dtable_core::{Bucket, ClusterView, KeyLayout, NodeId};
 use dtable_proto::v1 as pb;
 use etcd_client::Client;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// What the API handlers read.
+use crate::events::Events;
+use crate::lease_ttl::LeaseTtls;
+use crate::model::{
+    BucketInfo, IntentDone, MoveInfo, NodeInfo, PlannedMove, RebalancePlan, Status,
+};
+
+/// How many recent events `/api/v1/status` carries.
+pub const STATUS_EVENTS: usize = 50;
+
+/// What the API handlers read and write with.
 #[derive(Clone)]
 pub struct ApiState {
     /// The instance's cluster view.
     pub view_rx: ViewRx,
     /// Whether this instance leads.
     pub is_leader_rx: watch::Receiver<bool>,
-    /// For the leader lookup.
+    /// For the leader lookup, lease TTLs and intent writes.
     pub client: Client,
-    /// Key layout, for the election name.
+    /// Key layout.
     pub keys: KeyLayout,
-    /// This instance's name.
+    /// This instance's name, written as the author of intents.
     pub name: String,
     /// Prometheus renderer, when this process installed the recorder.
     pub metrics: Option<PrometheusHandle>,
+    /// The event hub behind `WatchAssignment` and `/api/v1/events`.
+    pub events: Events,
+    /// Lease TTLs of the nodes, cached briefly.
+    pub ttls: LeaseTtls,
+    /// Whether the leader rebalances without a request (for the messages of intents).
+    pub auto_rebalance: bool,
+    /// Ends open event streams at shutdown.
+    pub shutdown: CancellationToken,
 }
 
-/// Errors of the API, each with a stable code.
+/// Errors of the API, each with a stable code (see [`ApiError::code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The base UUID is malformed.
@@ -44,42 +60,62 @@ pub enum ApiError {
     /// The view has not been loaded from etcd yet.
     #[error("the cluster view is not loaded yet")]
     NotReady,
+    /// The node is neither registered nor cordoned.
+    #[error("unknown node {0}: it is not registered and has no cordon")]
+    UnknownNode(String),
+    /// The request itself is malformed (a bad node id, a bad JSON body, a bad query).
+    #[error("{0}")]
+    BadRequest(String),
+    /// etcd refused or failed the write.
+    #[error("etcd failed: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// etcd did not answer in time.
+    #[error("etcd did not answer within {}s", CALL_TIMEOUT.as_secs())]
+    EtcdTimeout,
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    /// The stable code clients match on.
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadUuid(_) => "bad_uuid",
             ApiError::NotReady => "not_ready",
+            ApiError::UnknownNode(_) => "unknown_node",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Etcd(_) => "etcd_error",
+            ApiError::EtcdTimeout => "etcd_timeout",
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match self {
-            ApiError::BadUuid(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        (
-            status,
-            Json(serde_json::json!({"code": self.code(), "error": self.to_string()})),
-        )
-            .into_response()
     }
 }
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> tonic::Status {
+        let msg = format!("{}: {e}", e.code());
         match e {
-            ApiError::BadUuid(_) => tonic::Status::invalid_argument(e.to_string()),
-            ApiError::NotReady => tonic::Status::unavailable(e.to_string()),
+            ApiError::BadUuid(_) | ApiError::BadRequest(_) => tonic::Status::invalid_argument(msg),
+            ApiError::NotReady | ApiError::Etcd(_) => tonic::Status::unavailable(msg),
+            ApiError::UnknownNode(_) => tonic::Status::not_found(msg),
+            ApiError::EtcdTimeout => tonic::Status::deadline_exceeded(msg),
         }
     }
 }
 
+/// Runs an etcd call with [`CALL_TIMEOUT`].
+async fn etcd<T>(call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ApiError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ApiError::EtcdTimeout),
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Reads.
 impl ApiState {
-    fn view(&self) -> Result<Arc<ClusterView>, ApiError> {
+    /// The current view, once loaded.
+    pub fn view(&self) -> Result<Arc<ClusterView>, ApiError> {
         let view = self.view_rx.borrow().clone();
         if view.revision == 0 {
             return Err(ApiError::NotReady);
@@ -89,68 +125,41 @@ impl ApiState {
 
     /// Looks a base up in the view.
     pub fn lookup(&self, uuid: &str) -> Result<Lookup, ApiError> {
-        dtable_core::Bucket::of_base(uuid)?;
+        Bucket::of_base(uuid)?;
         Ok(self.view()?.lookup(uuid)?)
     }
 
-    /// The bucket map.
-    pub fn assignment(&self) -> Result<pb::Assignment, ApiError> {
-        let view = self.view()?;
-        let buckets = Bucket::all()
-            .map(|b| {
-                let a = view.assignment[b.index()].as_ref();
-                pb::BucketOwner {
-                    bucket: b.to_string(),
-                    node_id: a.map(|a| a.raw.clone()).unwrap_or_default(),
-                    epoch: a.map_or(0, |a| a.mod_revision),
-                }
-            })
-            .collect();
-        Ok(pb::Assignment {
-            revision: view.revision,
-            buckets,
-        })
+    /// The registered nodes of `view`, with their lease TTLs.
+    pub async fn nodes_of(&self, view: &ClusterView) -> Vec<NodeInfo> {
+        let ttls = self.ttls.get(view.nodes.values().map(|n| n.lease)).await;
+        NodeInfo::all(view, &ttls)
     }
 
-    /// The registered nodes.
-    pub fn nodes(&self) -> Result<pb::ListNodesResponse, ApiError> {
+    /// The registered nodes now.
+    pub async fn nodes(&self) -> Result<(i64, Vec<NodeInfo>), ApiError> {
         let view = self.view()?;
-        let counts = view.bucket_counts();
-        let nodes = view
-            .nodes
-            .values()
-            .map(|n| pb::Node {
-                node_id: n.record.node_id.to_string(),
-                node_url: n.record.node_url.clone(),
-                local_node_url: n.record.local_node_url.clone(),
-                state: serde_json::to_value(n.record.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                weight: n.record.weight,
-                version: n.record.version.clone(),
-                bucket_count: counts.get(&n.record.node_id).copied().unwrap_or(0) as u32,
-                lease_id: n.lease,
-                lease_ttl_seconds: -1,
-                started_at: n.record.started_at.clone(),
-                role: "server".to_owned(),
-                healthy: true,
-                ..Default::default()
-            })
-            .collect();
-        Ok(pb::ListNodesResponse {
-            revision: view.revision,
-            nodes,
-        })
+        Ok((view.revision, self.nodes_of(&view).await))
     }
 
-    /// Which instance leads.
+    /// The moves in flight now.
+    pub fn moves(&self) -> Result<(i64, Vec<MoveInfo>), ApiError> {
+        let view = self.view()?;
+        Ok((view.revision, MoveInfo::all(&view)))
+    }
+
+    /// The whole bucket map now.
+    pub fn buckets(&self) -> Result<(i64, Vec<BucketInfo>), ApiError> {
+        let view = self.view()?;
+        Ok((view.revision, BucketInfo::all(&view)))
+    }
+
+    /// Which instance leads, asked of etcd's election API.
     pub async fn leader(&self) -> pb::LeaderInfo {
         let mut c = self.client.clone();
-        let leader = c
-            .leader(self.keys.election())
+        let leader = tokio::time::timeout(CALL_TIMEOUT, c.leader(self.keys.election()))
             .await
             .ok()
+            .and_then(Result::ok)
             .and_then(|r| {
                 r.kv()
                     .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
@@ -161,168 +170,177 @@ impl ApiState {
             this_instance_leads: *self.is_leader_rx.borrow(),
         }
     }
-}
 
-/// Serves the HTTP API until `shutdown`.
-pub async fn serve_http(listener: TcpListener, state: ApiState, shutdown: CancellationToken) {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/lookup/{uuid}", get(http_lookup))
-        .route("/api/v1/assignment", get(http_assignment))
-        .route("/api/v1/nodes", get(http_nodes))
-        .route("/api/v1/leader", get(http_leader))
-        .merge(crate::status::routes())
-        .with_state(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "HTTP API stopped");
-    }
-}
-
-async fn metrics(State(s): State<ApiState>) -> Response {
-    match &s.metrics {
-        Some(h) => h.render().into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
-    }
-}
-
-async fn http_lookup(State(s): State<ApiState>, Path(uuid): Path<String>) -> Response {
-    s.lookup(&uuid).map(Json).into_response()
-}
-
-async fn http_assignment(State(s): State<ApiState>) -> Response {
-    s.assignment()
-        .map(|a| {
-            let buckets: Vec<_> = a
-                .buckets
+    /// Everything the status page shows, from `view`.
+    pub async fn status_of(&self, view: &ClusterView) -> Status {
+        let this_instance_leads = *self.is_leader_rx.borrow();
+        let nodes = self.nodes_of(view).await;
+        Status {
+            revision: view.revision,
+            leader: view.leader().unwrap_or_default().to_owned(),
+            instance: self.name.clone(),
+            this_instance_leads,
+            buckets: BucketInfo::all(view),
+            nodes,
+            moves: MoveInfo::all(view),
+            recent_events: self
+                .events
+                .recent(STATUS_EVENTS)
                 .iter()
-                .map(|b| serde_json::json!({"bucket": b.bucket, "node_id": b.node_id, "epoch": b.epoch}))
-                .collect();
-            Json(serde_json::json!({"revision": a.revision, "buckets": buckets}))
+                .map(|e| (**e).clone())
+                .collect(),
+        }
+    }
+
+    /// Everything the status page shows, now.
+    pub async fn status(&self) -> Result<Status, ApiError> {
+        let view = self.view()?;
+        Ok(self.status_of(&view).await)
+    }
+}
+
+/// Intents.
+impl ApiState {
+    /// A full rebalance: the moves the leader's placement (default policy, cordons applied)
+    /// plans from this instance's view, leaving out buckets whose move is in flight (none
+    /// when no node takes buckets, as the leader then places nothing). Unless
+    /// `dry_run`, also writes the rebalance request the leader carries out, as the proxy's
+    /// `POST /rebalance/` does; a dry run writes nothing.
+    pub async fn rebalance(&self, dry_run: bool) -> Result<RebalancePlan, ApiError> {
+        let view = self.view()?;
+        let nodes = view.eligible();
+        let placement = place(&view.table(), &nodes, &Policy::default());
+        // With no node to take buckets the leader leaves the assignment as it is.
+        let planned = if nodes.is_empty() {
+            &[][..]
+        } else {
+            &placement.moves[..]
+        };
+        let planned_moves: Vec<PlannedMove> = planned
+            .iter()
+            .filter(|m| !view.moves.contains_key(&m.bucket))
+            .map(|m| PlannedMove {
+                bucket: m.bucket.to_string(),
+                from: m.from.as_ref().map(NodeId::to_string).unwrap_or_default(),
+                to: m.to.as_ref().map(NodeId::to_string).unwrap_or_default(),
+            })
+            .collect();
+        if !dry_run {
+            let request = serde_json::json!({"requested_at": now_rfc3339(), "by": self.name});
+            let mut c = self.client.clone();
+            etcd(c.put(self.keys.rebalance_request(), request.to_string(), None)).await?;
+            metrics::counter!("dtable_intents_total", "kind" => "rebalance").increment(1);
+            tracing::info!(
+                planned = planned_moves.len(),
+                revision = view.revision,
+                "rebalance requested; the leader carries it out"
+            );
+        }
+        Ok(RebalancePlan {
+            requested: !dry_run,
+            revision: view.revision,
+            planned_moves,
         })
-        .into_response()
-}
+    }
 
-async fn http_nodes(State(s): State<ApiState>) -> Response {
-    s.nodes()
-        .map(|r| {
-            let nodes: Vec<_> = r
-                .nodes
-                .iter()
-                .map(|n| {
-                    serde_json::json!({
-                        "node_id": n.node_id, "node_url": n.node_url,
-                        "local_node_url": n.local_node_url, "state": n.state,
-                        "weight": n.weight, "version": n.version,
-                        "bucket_count": n.bucket_count, "lease_id": n.lease_id,
-                    })
-                })
-                .collect();
-            Json(serde_json::json!({"revision": r.revision, "nodes": nodes}))
+    /// The node `raw` names, if it is registered or has a cordon key (so that a departed
+    /// node's cordon can still be lifted).
+    fn known_node(&self, view: &ClusterView, raw: &str) -> Result<NodeId, ApiError> {
+        let node = NodeId::new(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if view.nodes.contains_key(&node) || view.cordons.contains_key(&node) {
+            Ok(node)
+        } else {
+            Err(ApiError::UnknownNode(node.to_string()))
+        }
+    }
+
+    /// Writes a cordon (`Cordon`) or drain (`Drain`) intent for `node`. Writing the mode the
+    /// node already has changes nothing.
+    pub async fn set_cordon(&self, node: &str, mode: CordonMode) -> Result<IntentDone, ApiError> {
+        let view = self.view()?;
+        let node = self.known_node(&view, node)?;
+        let key = format!("{CLUSTER_PREFIX}{}", cordon_name(&node));
+        let held = view.bucket_counts().get(&node).copied().unwrap_or(0);
+        let what = match mode {
+            CordonMode::Cordon => {
+                format!("{node} is cordoned: it keeps its {held} buckets and receives no new ones")
+            }
+            CordonMode::Drain => format!(
+                "{node} is drained: the leader moves its {held} buckets away by handoff and it receives no new ones"
+            ),
+        };
+        // The same intent again changes nothing, unless the stored value is unreadable (it
+        // counts as a plain cordon): then it is rewritten.
+        let readable = !view.corrupt_keys.contains_key(&self.keys.cordon(&node));
+        if let Some(existing) = view.cordons.get(&node)
+            && existing.intent.mode == mode
+            && readable
+        {
+            let since = match existing.intent.at.as_str() {
+                "" => String::new(),
+                at => format!(" since {at}"),
+            };
+            return Ok(IntentDone {
+                node_id: node.to_string(),
+                key,
+                revision: existing.mod_revision,
+                message: format!("already so{since}: {what}"),
+            });
+        }
+        let intent = CordonIntent {
+            mode,
+            at: now_rfc3339(),
+            by: self.name.clone(),
+        };
+        let mut c = self.client.clone();
+        let resp = etcd(c.put(self.keys.cordon(&node), intent.to_json(), None)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let kind = match mode {
+            CordonMode::Cordon => "cordon",
+            CordonMode::Drain => "drain",
+        };
+        metrics::counter!("dtable_intents_total", "kind" => kind).increment(1);
+        tracing::info!(%node, mode = kind, revision, "{what}");
+        Ok(IntentDone {
+            node_id: node.to_string(),
+            key,
+            revision,
+            message: what,
         })
-        .into_response()
-}
-
-async fn http_leader(State(s): State<ApiState>) -> Response {
-    let l = s.leader().await;
-    Json(serde_json::json!({"leader": l.leader, "this_instance_leads": l.this_instance_leads}))
-        .into_response()
-}
-
-#[tonic::async_trait]
-impl pb::control_plane_server::ControlPlane for ApiState {
-    async fn lookup(
-        &self,
-        req: tonic::Request<pb::LookupRequest>,
-    ) -> Result<tonic::Response<pb::LookupResponse>, tonic::Status> {
-        let a = ApiState::lookup(self, &req.get_ref().dtable_uuid)?;
-        Ok(tonic::Response::new(pb::LookupResponse {
-            bucket: a.bucket,
-            node_id: a.node_id.unwrap_or_default(),
-            node_url: a.node_url.unwrap_or_default(),
-            local_node_url: a.local_node_url.unwrap_or_default(),
-            epoch: a.epoch,
-        }))
     }
 
-    async fn get_assignment(
-        &self,
-        _: tonic::Request<pb::GetAssignmentRequest>,
-    ) -> Result<tonic::Response<pb::Assignment>, tonic::Status> {
-        Ok(tonic::Response::new(self.assignment()?))
-    }
-
-    async fn list_nodes(
-        &self,
-        _: tonic::Request<pb::ListNodesRequest>,
-    ) -> Result<tonic::Response<pb::ListNodesResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.nodes()?))
-    }
-
-    async fn get_leader(
-        &self,
-        _: tonic::Request<pb::GetLeaderRequest>,
-    ) -> Result<tonic::Response<pb::LeaderInfo>, tonic::Status> {
-        Ok(tonic::Response::new(self.leader().await))
-    }
-
-    async fn list_moves(
-        &self,
-        _: tonic::Request<pb::ListMovesRequest>,
-    ) -> Result<tonic::Response<pb::ListMovesResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("ListMoves"))
-    }
-
-    type WatchAssignmentStream =
-        tokio_stream::Empty<Result<pb::ClusterEvent, tonic::Status>>;
-
-    async fn watch_assignment(
-        &self,
-        _: tonic::Request<pb::WatchAssignmentRequest>,
-    ) -> Result<tonic::Response<Self::WatchAssignmentStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("WatchAssignment"))
-    }
-
-    async fn rebalance(
-        &self,
-        _: tonic::Request<pb::RebalanceRequest>,
-    ) -> Result<tonic::Response<pb::RebalanceResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("Rebalance"))
-    }
-
-    async fn drain(
-        &self,
-        _: tonic::Request<pb::NodeRequest>,
-    ) -> Result<tonic::Response<pb::IntentResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("Drain"))
-    }
-
-    async fn cordon(
-        &self,
-        _: tonic::Request<pb::NodeRequest>,
-    ) -> Result<tonic::Response<pb::IntentResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("Cordon"))
-    }
-
-    async fn uncordon(
-        &self,
-        _: tonic::Request<pb::NodeRequest>,
-    ) -> Result<tonic::Response<pb::IntentResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("Uncordon"))
-    }
-}
-
-/// Serves the gRPC API until `shutdown`.
-pub async fn serve_grpc(listener: TcpListener, state: ApiState, shutdown: CancellationToken) {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let served = tonic::transport::Server::builder()
-        .add_service(pb::control_plane_server::ControlPlaneServer::new(state))
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "gRPC API stopped");
+    /// Lifts a cordon or drain of `node` by deleting its intent key.
+    pub async fn uncordon(&self, node: &str) -> Result<IntentDone, ApiError> {
+        let view = self.view()?;
+        let node = self.known_node(&view, node)?;
+        let key = format!("{CLUSTER_PREFIX}{}", cordon_name(&node));
+        if !view.cordons.contains_key(&node) {
+            return Ok(IntentDone {
+                node_id: node.to_string(),
+                key,
+                revision: view.revision,
+                message: format!("{node} was not cordoned; nothing to do"),
+            });
+        }
+        let mut c = self.client.clone();
+        let resp = etcd(c.delete(self.keys.cordon(&node), None)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let message = if !view.nodes.contains_key(&node) {
+            format!("the cordon of {node}, which is not registered, is lifted")
+        } else if self.auto_rebalance {
+            format!("{node} takes buckets again; the leader gives it its share")
+        } else {
+            format!(
+                "{node} takes buckets again; it gets its share on the next rebalance (POST /api/v1/rebalance)"
+            )
+        };
+        metrics::counter!("dtable_intents_total", "kind" => "uncordon").increment(1);
+        tracing::info!(%node, revision, "{message}");
+        Ok(IntentDone {
+            node_id: node.to_string(),
+            key,
+            revision,
+            message,
+        })
     }
 }

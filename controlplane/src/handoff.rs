@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use dtable_core::keys::ack_name;
-use dtable_core::placement::{Eligible, Move};
-use dtable_core::{Bucket, ClusterView, NodeId, NodeState};
+use dtable_core::placement::{Candidates, Move};
+use dtable_core::{Bucket, ClusterView, NodeId};
 use tokio::time::Instant;
 
 /// Limits of planned moves.
@@ -63,12 +63,13 @@ impl LeaderMemory {
             .retain(|_, left| now.duration_since(*left) < settings.rejoin_hold);
     }
 
-    /// Eligible nodes of the view, less those still within their rejoin hold.
-    pub fn eligible(&self, view: &ClusterView) -> Vec<Eligible> {
-        view.eligible()
-            .into_iter()
-            .filter(|e| !self.departed.contains_key(&e.node))
-            .collect()
+    /// Eligible nodes of the view (cordons applied), less those still within their rejoin
+    /// hold.
+    pub fn eligible(&self, view: &ClusterView) -> Candidates {
+        let mut c = view.eligible();
+        c.open.retain(|e| !self.departed.contains_key(&e.node));
+        c.cordoned.retain(|n| !self.departed.contains_key(n));
+        c
     }
 
     /// Nodes held back right now, for logs.
@@ -91,13 +92,10 @@ impl LeaderMemory {
             return Verdict::Wait;
         };
         let from_alive = NodeId::new(mv.from.clone()).is_ok_and(|n| view.nodes.contains_key(&n));
+        // The new owner must still take buckets: registered, active, not cordoned or drained
+        // since the move began, and not within its rejoin hold.
         let to_ok = NodeId::new(mv.to.clone())
-            .ok()
-            .and_then(|n| view.nodes.get(&n))
-            .is_some_and(|n| {
-                n.record.state == NodeState::Active
-                    && !self.departed.contains_key(&n.record.node_id)
-            });
+            .is_ok_and(|n| view.accepts_buckets(&n) && !self.departed.contains_key(&n));
         let owner_is_from = view.assignment[bucket.index()]
             .as_ref()
             .is_some_and(|a| a.raw == mv.from);

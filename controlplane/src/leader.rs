@@ -79,7 +79,9 @@ pub async fn lead(
         if view.revision >= min_revision {
             let empty = view.eligible().is_empty();
             if empty && !warned_empty {
-                tracing::warn!("no eligible node is registered; leaving the assignment as it is");
+                tracing::warn!(
+                    "no node takes buckets (none registered and active, or all cordoned or drained); leaving the assignment as it is"
+                );
             }
             warned_empty = empty;
             match reconcile(&writer, &view, settings, &mut memory).await {
@@ -169,7 +171,9 @@ async fn reconcile(
         }
     }
 
-    // 2. Placement. Buckets with a move in flight wait for it to end.
+    // 2. Placement, cordons applied: a cordoned node keeps its buckets and gets none, a
+    // drained one is left out so its buckets move away by handoff. Buckets with a move in
+    // flight wait for it to end.
     let nodes = memory.eligible(view);
     if nodes.is_empty() {
         return outcome.finish(writer, view).await;
@@ -201,7 +205,7 @@ async fn reconcile(
             metrics::counter!("dtable_placement_moves_total").increment(direct.len() as u64);
             tracing::info!(
                 placed = direct.len(),
-                nodes = nodes.len(),
+                nodes = nodes.open.len(),
                 "orphaned buckets placed"
             );
         }

@@ -1,12 +1,18 @@
 //! dtable-controlplane: the cluster monitor. Every instance watches the cluster; one, elected
 //! through etcd, places the 256 buckets over the registered servers and writes `assign-<xx>`
-//! with guarded transactions. Every instance serves the read API from its own watch cache.
+//! with guarded transactions. Every instance serves the read API from its own watch cache and
+//! records intents (cordon, drain, rebalance requests) that the leader carries out.
 
 pub mod api;
 pub mod config;
 pub mod election;
+pub mod events;
+pub mod grpc;
 pub mod handoff;
+pub mod http;
 pub mod leader;
+pub mod lease_ttl;
+pub mod model;
 pub mod status;
 pub mod writer;
 
@@ -48,9 +54,19 @@ pub async fn run(
         keys: cfg.keys.clone(),
         name: cfg.name.clone(),
         metrics,
+        events: events::Events::new(),
+        ttls: lease_ttl::LeaseTtls::new(client.clone()),
+        auto_rebalance: cfg.auto_rebalance,
+        shutdown: shutdown.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watcher.run(shutdown.clone()));
+    tasks.spawn(
+        state
+            .events
+            .clone()
+            .run(view_rx.clone(), state.ttls.clone(), shutdown.clone()),
+    );
     tasks.spawn(election::run_election(
         client,
         cfg,
@@ -58,8 +74,8 @@ pub async fn run(
         is_leader_tx,
         shutdown.clone(),
     ));
-    tasks.spawn(api::serve_http(http, state.clone(), shutdown.clone()));
-    tasks.spawn(api::serve_grpc(grpc, state, shutdown.clone()));
+    tasks.spawn(http::serve(http, state.clone(), shutdown.clone()));
+    tasks.spawn(grpc::serve(grpc, state, shutdown.clone()));
     while tasks.join_next().await.is_some() {}
     Ok(())
 }

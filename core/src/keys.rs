@@ -12,6 +12,18 @@ pub const CLUSTER_PREFIX: &str = "dtable-cluster/";
 /// [`CLUSTER_PREFIX`].
 pub const REBALANCE_REQUEST: &str = "requests/rebalance";
 
+/// The election name the control planes campaign on, relative to [`CLUSTER_PREFIX`]. etcd
+/// puts each candidate's key at `election/<lease id in hex>`, valued with its instance name.
+pub const ELECTION: &str = "election";
+
+/// Cordon and drain intents, relative to [`CLUSTER_PREFIX`]: `cordon/<node_id>`.
+pub const CORDON_PREFIX: &str = "cordon/";
+
+/// The name of a node's cordon intent relative to [`CLUSTER_PREFIX`]: `cordon/<node_id>`.
+pub fn cordon_name(node: &NodeId) -> String {
+    format!("{CORDON_PREFIX}{node}")
+}
+
 /// The name of a release ack relative to [`CLUSTER_PREFIX`], as the view's `cluster_keys`
 /// holds it.
 pub fn ack_name(bucket: Bucket, move_id: i64) -> String {
@@ -38,6 +50,9 @@ pub enum KeyKind {
     BadAssign(String),
     /// `dtable-cluster/moves/<xx>`: a planned move in flight.
     Move(Bucket),
+    /// `dtable-cluster/cordon/<node_id>`: a cordon or drain intent. The text after
+    /// `cordon/`, not yet validated as a node id.
+    Cordon(String),
     /// `dtable-cluster/...`, anything else of ours.
     Cluster(String),
     /// Not one of ours.
@@ -83,6 +98,12 @@ impl KeyLayout {
         format!("{}{CLUSTER_PREFIX}{REBALANCE_REQUEST}", self.prefix)
     }
 
+    /// `<prefix>dtable-cluster/cordon/<node_id>`: the node's cordon or drain intent. Any
+    /// instance writes it; the leader carries it out.
+    pub fn cordon(&self, node: &NodeId) -> String {
+        format!("{}{CLUSTER_PREFIX}{}", self.prefix, cordon_name(node))
+    }
+
     /// `<prefix>dtable-cluster/acks/<xx>/<move_id>`: the releasing agent's acknowledgement that
     /// its server saved and unloaded the bucket for that move.
     pub fn ack(&self, bucket: Bucket, move_id: i64) -> String {
@@ -95,7 +116,7 @@ impl KeyLayout {
 
     /// The election name the control planes campaign on.
     pub fn election(&self) -> String {
-        format!("{}{CLUSTER_PREFIX}election", self.prefix)
+        format!("{}{CLUSTER_PREFIX}{ELECTION}", self.prefix)
     }
 
     /// The key range the cluster view watches: `[assign-, dtable-server.)`. It holds the
@@ -125,6 +146,9 @@ impl KeyLayout {
         if let Some(ours) = rest.strip_prefix(CLUSTER_PREFIX) {
             if let Some(Ok(bucket)) = ours.strip_prefix("moves/").map(str::parse) {
                 return KeyKind::Move(bucket);
+            }
+            if let Some(node) = ours.strip_prefix(CORDON_PREFIX) {
+                return KeyKind::Cordon(node.to_owned());
             }
             return KeyKind::Cluster(ours.to_owned());
         }
@@ -161,6 +185,15 @@ mod tests {
             KeyKind::Cluster("election/1".into())
         );
         assert_eq!(k.classify("unrelated"), KeyKind::Other);
+        assert_eq!(k.cordon(&n), "dtable-cluster/cordon/dtable-server-a");
+        assert_eq!(
+            k.classify("dtable-cluster/cordon/dtable-server-a"),
+            KeyKind::Cordon("dtable-server-a".into())
+        );
+        assert_eq!(
+            k.classify("dtable-cluster/cordon/junk"),
+            KeyKind::Cordon("junk".into())
+        );
     }
 
     #[test]
@@ -174,6 +207,8 @@ mod tests {
             k.assign(Bucket(0)),
             k.assign(Bucket(255)),
             k.move_key(Bucket(3)),
+            k.cordon(&n),
+            k.rebalance_request(),
             k.node(&n),
         ] {
             assert!(start <= key && key < end, "{key} outside [{start}, {end})");

@@ -1,14 +1,15 @@
-//! Placement: a pure function from (current assignment, eligible nodes, policy) to
-//! (new assignment, moves). No I/O, so the control plane rebuilds it from etcd at any time and
-//! plain tests can prove its properties.
+//! Placement: a pure function from (current assignment, nodes, policy) to (new assignment,
+//! moves). No I/O, so the control plane rebuilds it from etcd at any time and plain tests can
+//! prove its properties.
 //!
-//! Each eligible node ends with floor or ceil of `256 * weight / total_weight` buckets. The
-//! spare ceil slots go to the nodes that already hold more than their floor, most first, so
-//! that as few buckets as possible move. A bucket stays where it is unless its node is gone,
-//! ineligible, or over its target.
+//! Each open node (one that takes new buckets) ends with floor or ceil of its weighted share
+//! of the buckets that cordoned nodes do not hold. The spare ceil slots go to the nodes that
+//! already hold more than their floor, most first, so that as few buckets as possible move.
+//! A bucket stays where it is unless its node is gone, ineligible, or over its target; a
+//! cordoned node keeps every bucket it holds and receives none.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use crate::bucket::{BUCKET_COUNT, Bucket};
 use crate::node::NodeId;
@@ -23,6 +24,65 @@ pub struct Eligible {
     pub node: NodeId,
     /// Relative share; a node of weight 2 gets twice the buckets of a node of weight 1.
     pub weight: u32,
+}
+
+/// The nodes of a placement run: the open ones, which take buckets, and the cordoned ones,
+/// which keep what they hold and receive nothing. Any node in neither list (gone, draining,
+/// drained) loses its buckets.
+///
+/// `ClusterView::eligible` builds one with the cordons applied, so that any process computes
+/// the leader's plan with `place(&view.table(), &view.eligible(), &policy)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Candidates {
+    /// Nodes that may receive buckets.
+    pub open: Vec<Eligible>,
+    /// Cordoned nodes: they keep their buckets, receive none, and give none up for balance.
+    pub cordoned: Vec<NodeId>,
+}
+
+impl Candidates {
+    /// Whether no node can receive a bucket.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+/// Anything [`place`] can place over: a plain list of open nodes (nothing cordoned) or
+/// [`Candidates`].
+pub trait NodeSet {
+    /// Nodes that may receive buckets.
+    fn open(&self) -> &[Eligible];
+    /// Nodes that keep what they hold and receive nothing; a node in both lists is cordoned.
+    fn cordoned(&self) -> &[NodeId] {
+        &[]
+    }
+}
+
+impl NodeSet for [Eligible] {
+    fn open(&self) -> &[Eligible] {
+        self
+    }
+}
+
+impl NodeSet for Vec<Eligible> {
+    fn open(&self) -> &[Eligible] {
+        self
+    }
+}
+
+impl<const N: usize> NodeSet for [Eligible; N] {
+    fn open(&self) -> &[Eligible] {
+        self
+    }
+}
+
+impl NodeSet for Candidates {
+    fn open(&self) -> &[Eligible] {
+        &self.open
+    }
+    fn cordoned(&self) -> &[NodeId] {
+        &self.cordoned
+    }
 }
 
 /// Knobs of the placement.
@@ -57,6 +117,15 @@ pub struct Placement {
 /// 256, with the spare ceil slots given to the nodes holding the most above their floor
 /// (ties by node id). `nodes` must be free of duplicates.
 pub fn targets(current: &[Option<NodeId>], nodes: &[Eligible]) -> BTreeMap<NodeId, usize> {
+    shares(current, nodes, BUCKET_COUNT)
+}
+
+/// [`targets`] for `buckets` buckets: the ones left once cordoned nodes keep theirs.
+fn shares(
+    current: &[Option<NodeId>],
+    nodes: &[Eligible],
+    buckets: usize,
+) -> BTreeMap<NodeId, usize> {
     let total: u64 = nodes.iter().map(|n| u64::from(n.weight)).sum();
     if total == 0 {
         return BTreeMap::new();
@@ -65,13 +134,12 @@ pub fn targets(current: &[Option<NodeId>], nodes: &[Eligible]) -> BTreeMap<NodeI
     for owner in current.iter().flatten() {
         *held.entry(owner).or_default() += 1;
     }
-    let buckets = BUCKET_COUNT as u64;
     let mut out = BTreeMap::new();
     // (excess over floor, node) for the nodes whose share is fractional, so ceil = floor + 1.
     let mut fractional = Vec::new();
     let mut assigned = 0usize;
     for n in nodes {
-        let share = buckets * u64::from(n.weight);
+        let share = buckets as u64 * u64::from(n.weight);
         let floor = (share / total) as usize;
         if !share.is_multiple_of(total) {
             let have = held.get(&n.node).copied().unwrap_or(0);
@@ -82,7 +150,7 @@ pub fn targets(current: &[Option<NodeId>], nodes: &[Eligible]) -> BTreeMap<NodeI
     }
     // Most excess first; ties by node id, ascending.
     fractional.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    let spare = BUCKET_COUNT - assigned;
+    let spare = buckets - assigned;
     for (_, node) in fractional.into_iter().take(spare) {
         *out.get_mut(node).expect("target exists") += 1;
     }
@@ -92,23 +160,45 @@ pub fn targets(current: &[Option<NodeId>], nodes: &[Eligible]) -> BTreeMap<NodeI
 /// Places the 256 buckets over `nodes`, moving as few as possible.
 ///
 /// `current` has one slot per bucket and may name nodes that are unknown or ineligible; their
-/// buckets are re-placed. Deterministic, and idempotent: placing its own output moves nothing.
-pub fn place(current: &[Option<NodeId>], nodes: &[Eligible], policy: &Policy) -> Placement {
+/// buckets are re-placed. The buckets of cordoned nodes stay; the open nodes are balanced over
+/// the rest. Deterministic, and idempotent: placing its own output moves nothing.
+pub fn place<N: NodeSet + ?Sized>(
+    current: &[Option<NodeId>],
+    nodes: &N,
+    policy: &Policy,
+) -> Placement {
     assert_eq!(
         current.len(),
         BUCKET_COUNT,
         "a table has one slot per bucket"
     );
-    let mut nodes: Vec<Eligible> = nodes.to_vec();
-    nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    nodes.dedup_by(|a, b| a.node == b.node);
-    let target = targets(current, &nodes);
+    let cordoned: BTreeSet<&NodeId> = nodes.cordoned().iter().collect();
+    let mut open: Vec<Eligible> = nodes
+        .open()
+        .iter()
+        .filter(|n| !cordoned.contains(&n.node))
+        .cloned()
+        .collect();
+    open.sort_by(|a, b| a.node.cmp(&b.node));
+    open.dedup_by(|a, b| a.node == b.node);
 
     let mut table: Table = vec![None; BUCKET_COUNT];
+    let mut pinned = 0;
+    for (i, owner) in current.iter().enumerate() {
+        if let Some(owner) = owner.as_ref().filter(|o| cordoned.contains(o)) {
+            table[i] = Some(owner.clone());
+            pinned += 1;
+        }
+    }
+    let target = shares(current, &open, BUCKET_COUNT - pinned);
+
     let mut kept: BTreeMap<&NodeId, usize> = BTreeMap::new();
     let mut free = Vec::new();
     let mut surplus = Vec::new();
     for (i, owner) in current.iter().enumerate() {
+        if table[i].is_some() {
+            continue; // a cordoned node's
+        }
         match owner.as_ref().and_then(|o| target.get_key_value(o)) {
             Some((node, &want)) => {
                 let have = kept.entry(node).or_default();

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::{BUCKET_COUNT, Bucket, BucketError};
-use crate::keys::{KeyKind, KeyLayout};
+use crate::keys::{ELECTION, KeyKind, KeyLayout};
 use crate::node::{NodeId, NodeRecord, NodeState};
-use crate::placement::Eligible;
+use crate::placement::{Candidates, Eligible};
 
 /// A live node registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +49,47 @@ pub struct MoveEntry {
     pub mod_revision: i64,
 }
 
+/// What an operator asked of a node through `dtable-cluster/cordon/<node_id>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CordonMode {
+    /// The node keeps its buckets and receives no new ones.
+    Cordon,
+    /// The node receives nothing and its buckets move away by handoff, as for a node in state
+    /// `draining`.
+    Drain,
+}
+
+/// The JSON value of a cordon key: `{"mode":"cordon"|"drain","at":"<rfc3339>","by":"<who>"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CordonIntent {
+    /// Cordon or drain.
+    pub mode: CordonMode,
+    /// Wall-clock time of the request, for humans only.
+    #[serde(default)]
+    pub at: String,
+    /// The instance that wrote it, for humans only.
+    #[serde(default)]
+    pub by: String,
+}
+
+impl CordonIntent {
+    /// The JSON written to etcd.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a cordon intent serializes")
+    }
+}
+
+/// A cordon key as the view holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CordonEntry {
+    /// What was asked. A value that cannot be read counts as a plain cordon: the safe reading,
+    /// as it moves nothing.
+    pub intent: CordonIntent,
+    /// mod_revision of the key.
+    pub mod_revision: i64,
+}
+
 /// A value that could not be understood. The view leaves it out (or keeps the key's revision
 /// only) and goes on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +114,10 @@ pub struct ClusterView {
     pub assignment: Vec<Option<AssignEntry>>,
     /// Moves in flight.
     pub moves: BTreeMap<Bucket, MoveEntry>,
-    /// Other keys under `dtable-cluster/` (relative key → (value, mod_revision)).
+    /// Cordon and drain intents by node, registered or not.
+    pub cordons: BTreeMap<NodeId, CordonEntry>,
+    /// Other keys under `dtable-cluster/`, such as acks, requests and the election (relative
+    /// key → (value, mod_revision)).
     pub cluster_keys: BTreeMap<String, (Vec<u8>, i64)>,
     /// mod_revision of each key present but unreadable, so a writer can still guard on it.
     pub corrupt_keys: BTreeMap<String, i64>,
@@ -89,6 +133,7 @@ impl Default for ClusterView {
             nodes: BTreeMap::new(),
             assignment: vec![None; BUCKET_COUNT],
             moves: BTreeMap::new(),
+            cordons: BTreeMap::new(),
             cluster_keys: BTreeMap::new(),
             corrupt_keys: BTreeMap::new(),
             lists: 0,
@@ -155,16 +200,46 @@ impl ClusterView {
         })
     }
 
-    /// The nodes that may hold buckets: registered and active.
-    pub fn eligible(&self) -> Vec<Eligible> {
+    /// The nodes that may hold buckets, with the cordons applied: registered, active nodes
+    /// without a cordon key are open; those with a plain cordon keep what they hold. Drained
+    /// and draining nodes are in neither list, so their buckets move away.
+    pub fn eligible(&self) -> Candidates {
+        let mut out = Candidates::default();
+        for n in self.nodes.values() {
+            if n.record.state != NodeState::Active {
+                continue;
+            }
+            match self.cordons.get(&n.record.node_id).map(|c| c.intent.mode) {
+                None => out.open.push(Eligible {
+                    node: n.record.node_id.clone(),
+                    weight: n.record.weight,
+                }),
+                Some(CordonMode::Cordon) => out.cordoned.push(n.record.node_id.clone()),
+                Some(CordonMode::Drain) => {}
+            }
+        }
+        out
+    }
+
+    /// Whether `node` may receive buckets now: registered, active, and neither cordoned nor
+    /// drained.
+    pub fn accepts_buckets(&self, node: &NodeId) -> bool {
         self.nodes
-            .values()
-            .filter(|n| n.record.state == NodeState::Active)
-            .map(|n| Eligible {
-                node: n.record.node_id.clone(),
-                weight: n.record.weight,
-            })
-            .collect()
+            .get(node)
+            .is_some_and(|n| n.record.state == NodeState::Active)
+            && !self.cordons.contains_key(node)
+    }
+
+    /// The elected control-plane instance as the election keys show it: the value of the key
+    /// under `dtable-cluster/election/` created first (etcd's election rule; a candidate's key
+    /// is written once, so its mod_revision is its create_revision).
+    pub fn leader(&self) -> Option<&str> {
+        let prefix = format!("{ELECTION}/");
+        self.cluster_keys
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .min_by_key(|(_, (_, rev))| *rev)
+            .map(|(_, (value, _))| std::str::from_utf8(value).unwrap_or("(not UTF-8)"))
     }
 
     /// The assignment as a placement table: the owner named by each key, live or not.
@@ -251,6 +326,30 @@ impl ClusterView {
                 }
                 Err(e) => Err(corrupt(format!("bad move record: {e}"))),
             },
+            KeyKind::Cordon(id) => match NodeId::new(id) {
+                Ok(node) => {
+                    let parsed = serde_json::from_slice::<CordonIntent>(value);
+                    let problem = parsed
+                        .as_ref()
+                        .err()
+                        .map(|e| format!("bad cordon intent, counted as a plain cordon: {e}"));
+                    let intent = parsed.unwrap_or(CordonIntent {
+                        mode: CordonMode::Cordon,
+                        at: String::new(),
+                        by: String::new(),
+                    });
+                    let mod_revision = kv.mod_revision;
+                    self.cordons.insert(
+                        node,
+                        CordonEntry {
+                            intent,
+                            mod_revision,
+                        },
+                    );
+                    problem.map_or(Ok(()), |p| Err(corrupt(p)))
+                }
+                Err(e) => Err(corrupt(format!("cordon of no node: {e}"))),
+            },
             KeyKind::Cluster(rest) => {
                 self.cluster_keys
                     .insert(rest, (value.to_vec(), kv.mod_revision));
@@ -274,6 +373,9 @@ impl ClusterView {
             KeyKind::Assign(b) => self.assignment[b.index()] = None,
             KeyKind::Move(b) => {
                 self.moves.remove(&b);
+            }
+            KeyKind::Cordon(id) => {
+                self.cordons.retain(|n, _| n.as_str() != id);
             }
             KeyKind::Cluster(rest) => {
                 self.cluster_keys.remove(&rest);
@@ -373,5 +475,139 @@ mod tests {
         assert_eq!(v.cluster_keys["election/x"].0, b"me");
         v.delete(&k, "ns/dtable-cluster/moves/ff");
         assert!(v.moves.is_empty());
+    }
+
+    fn active(id: &str, weight: u32) -> Vec<u8> {
+        format!(r#"{{"node_id":"{id}","node_url":"u","local_node_url":"l","weight":{weight}}}"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn cordons_shape_the_candidates() {
+        let k = KeyLayout::default();
+        let mut v = ClusterView::default();
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            let id = format!("dtable-server-{id}");
+            v.put(&k, &id, &active(&id, 2), meta(i as i64 + 1)).unwrap();
+        }
+        let draining = br#"{"node_id":"dtable-server-d","node_url":"u","local_node_url":"l","state":"draining"}"#;
+        v.put(&k, "dtable-server-d", draining, meta(5)).unwrap();
+        v.put(
+            &k,
+            "dtable-cluster/cordon/dtable-server-b",
+            br#"{"mode":"cordon","at":"t","by":"cp1"}"#,
+            meta(6),
+        )
+        .unwrap();
+        v.put(
+            &k,
+            "dtable-cluster/cordon/dtable-server-c",
+            br#"{"mode":"drain","at":"t","by":"cp1"}"#,
+            meta(7),
+        )
+        .unwrap();
+        // A cordon of a node that is not registered is kept (so it can be lifted) and
+        // changes nothing else.
+        v.put(
+            &k,
+            "dtable-cluster/cordon/dtable-server-gone",
+            br#"{"mode":"drain"}"#,
+            meta(8),
+        )
+        .unwrap();
+
+        let c = v.eligible();
+        let a = NodeId::new("dtable-server-a").unwrap();
+        let b = NodeId::new("dtable-server-b").unwrap();
+        assert_eq!(
+            c.open,
+            vec![Eligible {
+                node: a.clone(),
+                weight: 2
+            }]
+        );
+        assert_eq!(c.cordoned, vec![b.clone()]);
+        assert!(v.accepts_buckets(&a));
+        assert!(!v.accepts_buckets(&b));
+        assert_eq!(v.cordons.len(), 3);
+        assert_eq!(v.cordons[&b].intent.by, "cp1");
+        assert!(
+            v.cluster_keys.is_empty(),
+            "cordons are not loose cluster keys"
+        );
+
+        v.delete(&k, "dtable-cluster/cordon/dtable-server-b");
+        assert_eq!(v.eligible().open.len(), 2);
+        assert!(v.eligible().cordoned.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_cordon_counts_as_a_plain_cordon_and_is_reported() {
+        let k = KeyLayout::default();
+        let mut v = ClusterView::default();
+        v.put(
+            &k,
+            "dtable-server-a",
+            &active("dtable-server-a", 1),
+            meta(1),
+        )
+        .unwrap();
+        let e = v
+            .put(
+                &k,
+                "dtable-cluster/cordon/dtable-server-a",
+                b"{oops",
+                meta(2),
+            )
+            .unwrap_err();
+        assert!(e.problem.contains("plain cordon"), "{}", e.problem);
+        let a = NodeId::new("dtable-server-a").unwrap();
+        assert_eq!(v.cordons[&a].intent.mode, CordonMode::Cordon);
+        assert_eq!(v.eligible().cordoned, vec![a.clone()]);
+        assert_eq!(
+            v.corrupt_keys.get("dtable-cluster/cordon/dtable-server-a"),
+            Some(&2)
+        );
+        // A key naming no valid node id is reported and cordons nothing.
+        assert!(
+            v.put(&k, "dtable-cluster/cordon/junk", b"{}", meta(3))
+                .is_err()
+        );
+        assert_eq!(v.cordons.len(), 1);
+        // A well-formed rewrite clears the report.
+        let drain = CordonIntent {
+            mode: CordonMode::Drain,
+            at: "t".into(),
+            by: "me".into(),
+        };
+        v.put(
+            &k,
+            "dtable-cluster/cordon/dtable-server-a",
+            drain.to_json().as_bytes(),
+            meta(4),
+        )
+        .unwrap();
+        assert!(
+            !v.corrupt_keys
+                .contains_key("dtable-cluster/cordon/dtable-server-a")
+        );
+        assert_eq!(v.cordons[&a].intent, drain);
+        assert!(v.eligible().cordoned.is_empty() && v.eligible().open.is_empty());
+    }
+
+    #[test]
+    fn the_leader_is_the_first_election_key() {
+        let k = KeyLayout::default();
+        let mut v = ClusterView::default();
+        assert_eq!(v.leader(), None);
+        v.put(&k, "dtable-cluster/election/694d8a1b", b"cp2", meta(9))
+            .unwrap();
+        v.put(&k, "dtable-cluster/election/694d8a0f", b"cp1", meta(7))
+            .unwrap();
+        v.put(&k, "dtable-cluster/electionx", b"no", meta(1))
+            .unwrap();
+        assert_eq!(v.leader(), Some("cp1"));
+        v.delete(&k, "dtable-cluster/election/694d8a0f");
+        assert_eq!(v.leader(), Some("cp2"));
     }
 }

@@ -1,8 +1,10 @@
 //! Scenarios of agents and control planes as real processes against a real etcd.
 
+mod api;
 mod config;
 mod election;
 mod handoff;
+mod intents;
 mod membership;
 mod repair;
 

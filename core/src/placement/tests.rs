@@ -1,5 +1,5 @@
-//! Property tests of placement: balance, minimal movement, determinism, idempotence, and the
-//! join and leave cases of invariant 3.
+//! Property tests of placement: balance, minimal movement, determinism, idempotence, the
+//! join and leave cases of invariant 3, and cordons.
 
 use std::collections::BTreeMap;
 
@@ -24,37 +24,62 @@ fn counts(table: &[Option<NodeId>]) -> BTreeMap<NodeId, usize> {
 /// must shed what it holds above its target, where the spare ceil slots are best spent on
 /// nodes holding more than their floor.
 fn lower_bound(current: &[Option<NodeId>], nodes: &[Eligible]) -> usize {
+    lower_bound_cordoned(current, nodes, &[])
+}
+
+/// [`lower_bound`] when `cordoned` nodes keep their buckets: the open nodes share the rest.
+fn lower_bound_cordoned(
+    current: &[Option<NodeId>],
+    nodes: &[Eligible],
+    cordoned: &[NodeId],
+) -> usize {
     let total: u64 = nodes.iter().map(|n| u64::from(n.weight)).sum();
     let held = counts(current);
     let eligible: BTreeMap<&NodeId, u32> = nodes.iter().map(|n| (&n.node, n.weight)).collect();
+    let pinned = current
+        .iter()
+        .filter(|o| o.as_ref().is_some_and(|o| cordoned.contains(o)))
+        .count();
     let orphans = current
         .iter()
-        .filter(|o| o.as_ref().is_none_or(|o| !eligible.contains_key(o)))
+        .filter(|o| {
+            o.as_ref()
+                .is_none_or(|o| !eligible.contains_key(o) && !cordoned.contains(o))
+        })
         .count();
+    let buckets = (256 - pinned) as u64;
     let mut excess = 0;
     let mut can_absorb = 0;
     let mut floors = 0;
     for (node, &w) in &eligible {
-        let share = 256 * u64::from(w);
+        let share = buckets * u64::from(w);
         let floor = (share / total) as usize;
         floors += floor;
         let have = held.get(*node).copied().unwrap_or(0);
         excess += have.saturating_sub(floor);
-        if share % total != 0 && have > floor {
+        if !share.is_multiple_of(total) && have > floor {
             can_absorb += 1;
         }
     }
-    orphans + excess - can_absorb.min(256 - floors)
+    orphans + excess - can_absorb.min(buckets as usize - floors)
 }
 
 fn check_balanced(table: &[Option<NodeId>], nodes: &[Eligible]) {
+    check_balanced_over(table, nodes, &[]);
+}
+
+/// Every bucket is placed; each of `nodes` holds floor or ceil of its weighted share of the
+/// buckets the `cordoned` nodes do not hold; nobody else holds any.
+fn check_balanced_over(table: &[Option<NodeId>], nodes: &[Eligible], cordoned: &[NodeId]) {
     let total: u64 = nodes.iter().map(|n| u64::from(n.weight)).sum();
     let c = counts(table);
     assert_eq!(c.values().sum::<usize>(), 256, "every bucket placed");
+    let pinned: usize = cordoned.iter().filter_map(|n| c.get(n)).sum();
+    let buckets = (256 - pinned) as u64;
     for n in nodes {
-        let share = 256 * u64::from(n.weight);
+        let share = buckets * u64::from(n.weight);
         let floor = (share / total) as usize;
-        let ceil = floor + usize::from(share % total != 0);
+        let ceil = floor + usize::from(!share.is_multiple_of(total));
         let have = c.get(&n.node).copied().unwrap_or(0);
         assert!(
             floor <= have && have <= ceil,
@@ -64,7 +89,7 @@ fn check_balanced(table: &[Option<NodeId>], nodes: &[Eligible]) {
     }
     for owner in c.keys() {
         assert!(
-            nodes.iter().any(|n| &n.node == owner),
+            nodes.iter().any(|n| &n.node == owner) || cordoned.contains(owner),
             "{owner} is not eligible"
         );
     }
@@ -103,8 +128,92 @@ fn scenario_weighted(
     })
 }
 
+/// Like [`scenario`], with about a quarter of the nodes cordoned (at least one left open) and
+/// a few buckets given to cordoned nodes that are not among the eligible ones at all.
+fn scenario_cordoned() -> impl Strategy<Value = (Candidates, Table)> {
+    (
+        scenario(),
+        prop::collection::vec(prop::bool::weighted(0.25), 64),
+        prop::collection::vec((any::<u8>(), 0usize..2), 0..40),
+    )
+        .prop_filter_map(
+            "at least one open node",
+            |((nodes, mut table), mask, extra)| {
+                let mut open = Vec::new();
+                let mut cordoned = Vec::new();
+                for (i, n) in nodes.into_iter().enumerate() {
+                    if mask[i] {
+                        cordoned.push(n.node);
+                    } else {
+                        open.push(n);
+                    }
+                }
+                if open.is_empty() {
+                    return None;
+                }
+                // Cordoned nodes outside the generated set (ids 500, 501) hold a few buckets.
+                for (bucket, which) in extra {
+                    let n = node(500 + which);
+                    table[usize::from(bucket)] = Some(n.clone());
+                    if !cordoned.contains(&n) {
+                        cordoned.push(n);
+                    }
+                }
+                Some((Candidates { open, cordoned }, table))
+            },
+        )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn cordoned_nodes_keep_theirs_receive_nothing_and_the_rest_balance((nodes, current) in scenario_cordoned()) {
+        let policy = Policy::default();
+        let p = place(&current, &nodes, &policy);
+        for (i, owner) in current.iter().enumerate() {
+            if let Some(o) = owner.as_ref().filter(|o| nodes.cordoned.contains(o)) {
+                prop_assert_eq!(p.table[i].as_ref(), Some(o), "a cordoned node lost bucket {}", i);
+            }
+        }
+        for m in &p.moves {
+            prop_assert!(
+                m.to.as_ref().is_none_or(|t| !nodes.cordoned.contains(t)),
+                "bucket {} moved onto cordoned {:?}", m.bucket, m.to
+            );
+            prop_assert_eq!(&current[m.bucket.index()], &m.from);
+            prop_assert_eq!(&p.table[m.bucket.index()], &m.to);
+        }
+        check_balanced_over(&p.table, &nodes.open, &nodes.cordoned);
+        prop_assert_eq!(
+            p.moves.len(),
+            lower_bound_cordoned(&current, &nodes.open, &nodes.cordoned)
+        );
+
+        // Deterministic: the order of either list does not matter, nor does listing a cordoned
+        // node among the open ones as well.
+        let mut shuffled = nodes.clone();
+        shuffled.open.reverse();
+        shuffled.cordoned.reverse();
+        prop_assert_eq!(&place(&current, &shuffled, &policy), &p);
+        let mut both = nodes.clone();
+        both.open.extend(nodes.cordoned.iter().map(|n| Eligible { node: n.clone(), weight: 3 }));
+        prop_assert_eq!(&place(&current, &both, &policy), &p);
+        prop_assert!(place(&p.table, &nodes, &policy).moves.is_empty());
+    }
+
+    // With equal weights the others already hold floor or ceil of their share of what the
+    // cordoned node does not hold, so a cordon moves nothing at all.
+    #[test]
+    fn cordoning_a_node_of_a_balanced_cluster_moves_nothing((nodes, current) in scenario_equal(), pick in any::<prop::sample::Index>()) {
+        prop_assume!(nodes.len() >= 2);
+        let policy = Policy::default();
+        let before = place(&current, &nodes, &policy).table;
+        let cordoned = pick.get(&nodes).node.clone();
+        let open: Vec<Eligible> = nodes.iter().filter(|n| n.node != cordoned).cloned().collect();
+        let after = place(&before, &Candidates { open, cordoned: vec![cordoned] }, &policy);
+        prop_assert!(after.moves.is_empty(), "moves: {:?}", after.moves);
+    }
 
     #[test]
     fn balanced_minimal_deterministic_idempotent((nodes, current) in scenario()) {
@@ -227,4 +336,44 @@ fn weights_shape_the_shares() {
     let c = counts(&p.table);
     assert_eq!(c[&node(0)], 64);
     assert_eq!(c[&node(1)], 192);
+}
+
+#[test]
+fn a_cordoned_node_gets_none_of_a_leavers_buckets() {
+    let three: Vec<Eligible> = (0..3)
+        .map(|i| Eligible {
+            node: node(i),
+            weight: 1,
+        })
+        .collect();
+    let before = place(&vec![None; 256], &three, &Policy::default()).table;
+    // Node 2 is cordoned; node 1 leaves. Node 0 takes all of node 1's buckets.
+    let nodes = Candidates {
+        open: vec![three[0].clone()],
+        cordoned: vec![node(2)],
+    };
+    let after = place(&before, &nodes, &Policy::default());
+    let c = counts(&after.table);
+    assert_eq!(c[&node(2)], counts(&before)[&node(2)]);
+    assert_eq!(c[&node(0)], 256 - c[&node(2)]);
+    assert!(after.moves.iter().all(|m| m.from == Some(node(1))));
+}
+
+#[test]
+fn with_every_node_cordoned_only_the_cordoned_keep_buckets() {
+    // Nodes 0 and 2 are cordoned; nodes 1 and 3 are gone.
+    let current: Table = (0..256)
+        .map(|i| (i % 3 != 0).then(|| node(i % 4)))
+        .collect();
+    let nodes = Candidates {
+        open: vec![],
+        cordoned: vec![node(0), node(2)],
+    };
+    let p = place(&current, &nodes, &Policy::default());
+    for (i, owner) in current.iter().enumerate() {
+        let kept = owner.clone().filter(|o| *o == node(0) || *o == node(2));
+        assert_eq!(p.table[i], kept, "bucket {i}");
+    }
+    assert!(p.moves.iter().all(|m| m.to.is_none()));
+    assert!(!p.moves.is_empty());
 }
