@@ -29,11 +29,12 @@ impl Bucket {
     }
 
     /// The bucket of a base, from its UUID in either accepted form, any case.
+    /// Validates without allocating: the proxy calls this for every request.
     pub fn of_base(uuid: &str) -> Result<Bucket, BucketError> {
-        let hex = normalize_base_uuid(uuid)?;
-        Ok(Bucket(
-            u8::from_str_radix(&hex[..2], 16).expect("validated hex"),
-        ))
+        check_base_uuid(uuid)?;
+        let b = uuid.as_bytes();
+        let nibble = |c: u8| (c as char).to_digit(16).expect("validated hex") as u8;
+        Ok(Bucket(nibble(b[0]) << 4 | nibble(b[1])))
     }
 
     /// Position in a 256-slot table.
@@ -47,25 +48,34 @@ impl Bucket {
 /// Accepts exactly two shapes so that typos are refused instead of silently routed:
 /// 32 hex characters, or 8-4-4-4-12 with dashes in those places.
 pub fn normalize_base_uuid(uuid: &str) -> Result<String, BucketError> {
-    let bad = || BucketError::MalformedUuid(uuid.to_owned());
+    check_base_uuid(uuid)?;
+    Ok(uuid
+        .chars()
+        .filter(|c| *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect())
+}
+
+/// Checks one of the two accepted shapes: 32 hex characters, or 8-4-4-4-12 with dashes.
+fn check_base_uuid(uuid: &str) -> Result<(), BucketError> {
     let bytes = uuid.as_bytes();
-    let hex: Vec<u8> = match bytes.len() {
-        32 => bytes.to_vec(),
-        36 => {
-            for (i, b) in bytes.iter().enumerate() {
-                let want_dash = matches!(i, 8 | 13 | 18 | 23);
-                if want_dash != (*b == b'-') {
-                    return Err(bad());
-                }
-            }
-            bytes.iter().copied().filter(|b| *b != b'-').collect()
-        }
-        _ => return Err(bad()),
+    let dashed = match bytes.len() {
+        32 => false,
+        36 => true,
+        _ => return Err(BucketError::MalformedUuid(uuid.to_owned())),
     };
-    if !hex.iter().all(u8::is_ascii_hexdigit) {
-        return Err(bad());
+    let well_formed = bytes.iter().enumerate().all(|(i, b)| {
+        if dashed && matches!(i, 8 | 13 | 18 | 23) {
+            *b == b'-'
+        } else {
+            b.is_ascii_hexdigit()
+        }
+    });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(BucketError::MalformedUuid(uuid.to_owned()))
     }
-    Ok(String::from_utf8(hex).expect("ascii").to_ascii_lowercase())
 }
 
 impl fmt::Display for Bucket {

@@ -59,6 +59,10 @@ pub struct Args {
     /// Idle upstream connections are closed after this long.
     #[arg(long, env = "DTABLE_PROXY_IDLE_TIMEOUT", default_value = "90s", value_parser = duration)]
     pub idle_timeout: Duration,
+    /// Threads serving client connections, each with its own event loop; 0 = one per CPU
+    /// this process may run on.
+    #[arg(long, env = "DTABLE_PROXY_WORKERS", default_value_t = 0)]
+    pub workers: usize,
     /// On SIGTERM, in-flight requests may finish for this long.
     #[arg(long, env = "DTABLE_PROXY_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
@@ -99,6 +103,9 @@ impl Args {
                 "must be at least 8192",
             ));
         }
+        if self.workers > 1024 {
+            return Err(ConfigError::field("--workers", "must be at most 1024"));
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::field(
                 "--max-connections",
@@ -119,6 +126,10 @@ impl Args {
                 max_header_bytes: self.max_header_bytes,
                 max_connections: self.max_connections,
                 shutdown_grace: self.shutdown_grace,
+                workers: match self.workers {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    n => n,
+                },
             },
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,

@@ -28,7 +28,7 @@ use crate::upgrade::SocketRegistry;
 /// Header by which a server says it does not own the base (with status 409).
 pub const NOT_OWNER_HEADER: &str = "x-dtable-not-owner";
 /// Header carrying the bucket's epoch to the server.
-pub const EPOCH_HEADER: &str = "x-dtable-epoch";
+pub const EPOCH_HEADER: HeaderName = HeaderName::from_static("x-dtable-epoch");
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -79,6 +79,8 @@ struct Target {
     upstream: Arc<Upstream>,
     /// The bucket's epoch when sent; `None` for requests without a base.
     epoch: Option<i64>,
+    /// The epoch as a header value, made when the table was built.
+    epoch_header: Option<HeaderValue>,
 }
 
 /// Why a request could not be forwarded, each with the status the client gets.
@@ -376,15 +378,19 @@ impl Forwarder {
                 table.any_active(n).map(|u| Target {
                     upstream: Arc::clone(u),
                     epoch: None,
+                    epoch_header: None,
                 })
             }
             Some(b) => match table.route(b) {
-                Route::Owned { upstream, epoch } if after_epoch.is_none_or(|e| *epoch > e) => {
-                    Some(Target {
-                        upstream: Arc::clone(upstream),
-                        epoch: Some(*epoch),
-                    })
-                }
+                Route::Owned {
+                    upstream,
+                    epoch,
+                    epoch_header,
+                } if after_epoch.is_none_or(|e| *epoch > e) => Some(Target {
+                    upstream: Arc::clone(upstream),
+                    epoch: Some(*epoch),
+                    epoch_header: Some(epoch_header.clone()),
+                }),
                 _ => None,
             },
         }
@@ -420,6 +426,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, and those the Connection header names. `te: trailers` is
 /// kept for gRPC when `keep_te_trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    // Most messages carry none: one pass over the names is cheaper than nine look-ups.
+    if !headers
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
+    {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -466,8 +479,8 @@ fn upstream_request(
         *req.version_mut() = Version::HTTP_11;
         headers.insert(header::HOST, up.host.clone());
     }
-    if let Some(epoch) = target.epoch {
-        headers.insert(EPOCH_HEADER, HeaderValue::from(epoch));
+    if let Some(epoch) = &target.epoch_header {
+        headers.insert(EPOCH_HEADER, epoch.clone());
     }
     *req.headers_mut() = headers;
     req

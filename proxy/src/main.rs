@@ -11,7 +11,9 @@ use dtable_proxy::{Args, run};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+// Requests are served by the routing workers' own runtimes (see `server`); this one only
+// accepts connections, follows etcd and serves the admin port.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Args = parse_or_exit();
     let cfg = args

@@ -10,6 +10,7 @@
 //! away), when the upstream closed it, or when it sat idle longer than the idle timeout
 //! ([`ConnPool::sweep`] closes those).
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -26,8 +27,26 @@ use tokio::time::Instant;
 
 use crate::body::UpstreamBody;
 
-/// Most idle connections kept per upstream; more are closed when they come back.
+/// Most idle connections kept per upstream and worker; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
+
+/// Idle lists per pool. Worker `i` uses list `i % SHARDS`, so workers (up to this many) never
+/// share one; threads that are not workers use list 0.
+const SHARDS: usize = 16;
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as routing worker `index`, so it keeps its own idle connections
+/// (whose connection tasks run on its runtime).
+pub fn set_worker(index: usize) {
+    SHARD.with(|s| s.set(index % SHARDS));
+}
+
+fn shard() -> usize {
+    SHARD.with(Cell::get)
+}
 
 /// How the pool connects.
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +88,7 @@ pub struct ConnPool {
     /// host:port to connect to.
     addr: String,
     settings: PoolSettings,
-    idle: Mutex<Vec<Idle>>,
+    idle: [Mutex<Vec<Idle>>; SHARDS],
 }
 
 #[derive(Debug)]
@@ -84,7 +103,7 @@ impl ConnPool {
         Arc::new(ConnPool {
             addr,
             settings,
-            idle: Mutex::new(Vec::new()),
+            idle: std::array::from_fn(|_| Mutex::new(Vec::new())),
         })
     }
 
@@ -112,15 +131,19 @@ impl ConnPool {
     /// Closes idle connections older than the idle timeout; returns how many are left.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
-        let mut idle = self.idle.lock().expect("pool lock");
-        idle.retain(|c| !c.sender.is_closed() && now - c.since < self.settings.idle_timeout);
-        idle.len()
+        let mut left = 0;
+        for shard in &self.idle {
+            let mut idle = shard.lock().expect("pool lock");
+            idle.retain(|c| !c.sender.is_closed() && now - c.since < self.settings.idle_timeout);
+            left += idle.len();
+        }
+        left
     }
 
-    /// The most recently returned idle connection that can take a request.
+    /// The current worker's most recently returned idle connection that can take a request.
     fn checkout(&self) -> Option<http1::SendRequest<UpstreamBody>> {
         let now = Instant::now();
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.idle[shard()].lock().expect("pool lock");
         while let Some(c) = idle.pop() {
             if c.sender.is_ready() && now - c.since < self.settings.idle_timeout {
                 return Some(c.sender);
@@ -130,7 +153,7 @@ impl ConnPool {
     }
 
     fn checkin(&self, sender: http1::SendRequest<UpstreamBody>) {
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.idle[shard()].lock().expect("pool lock");
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 sender,

@@ -1,17 +1,24 @@
 //! The routing listener: HTTP/1.1 with keep-alive and upgrades, and HTTP/2 cleartext with
 //! prior knowledge (gRPC), with the protections a public-facing port needs: a header read
 //! timeout, a header size cap (431), a connection cap, and a graceful drain on shutdown.
+//!
+//! One task accepts; each accepted connection is handed to one of `--workers` threads, each
+//! running its own single-threaded runtime (as nginx runs one event loop per worker). A
+//! connection and the upstream connections its requests open stay on that thread, so the
+//! request path crosses no thread and takes no contended lock; the pools keep one idle list
+//! per worker for the same reason.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::{Forwarder, Peer};
@@ -27,6 +34,16 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long in-flight requests may run on after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Threads serving client connections.
+    pub workers: usize,
+}
+
+/// A client connection on its way to a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    watcher: Watcher,
 }
 
 /// Serves `listener` until `shutdown`, then drains connections for up to the grace period.
@@ -36,20 +53,26 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(connection_builder(&limits));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let stop_workers = CancellationToken::new();
+    let workers = limits.workers.max(1);
+    let (queues, threads): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|i| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let thread = spawn_worker(
+                i,
+                rx,
+                Arc::clone(&fwd),
+                Arc::clone(&builder),
+                stop_workers.clone(),
+            );
+            (tx, thread)
+        })
+        .unzip();
+    tracing::info!(workers, "routing workers started");
+    let mut next = 0usize;
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -67,30 +90,110 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let fwd = Arc::clone(&fwd);
-        let client = Arc::new(Peer::new(peer));
-        let svc = service_fn(move |req| {
-            let fwd = Arc::clone(&fwd);
-            let client = Arc::clone(&client);
-            async move { Ok::<_, std::convert::Infallible>(fwd.handle(req, &client).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand the connection to a worker");
+                continue;
             }
-            drop(permit);
-        });
+        };
+        let accepted = Accepted {
+            stream,
+            peer,
+            permit,
+            watcher: graceful.watcher(),
+        };
+        if queues[next % workers].send(accepted).is_err() {
+            tracing::error!(worker = next % workers, "routing worker is gone");
+        }
+        next = next.wrapping_add(1);
     }
     drop(listener);
+    drop(queues);
     tracing::info!(grace = ?limits.shutdown_grace, "no longer accepting; draining connections");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(limits.shutdown_grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
     }
+    stop_workers.cancel();
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    let _ = joined.await;
+}
+
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
+    builder
+}
+
+/// Starts worker `index`: a thread with a single-threaded runtime that serves the connections
+/// it receives, until `stop` (which comes after the drain).
+fn spawn_worker(
+    index: usize,
+    mut queue: mpsc::UnboundedReceiver<Accepted>,
+    fwd: Arc<Forwarder>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("dtable-proxy-w{index}"))
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a worker runtime can be built");
+            crate::pool::set_worker(index);
+            rt.block_on(async move {
+                while let Some(a) = queue.recv().await {
+                    serve_connection(a, &fwd, &builder);
+                }
+                stop.cancelled().await;
+            });
+        })
+        .expect("a worker thread can be started")
+}
+
+/// Serves one client connection on the current worker.
+fn serve_connection(a: Accepted, fwd: &Arc<Forwarder>, builder: &auto::Builder<TokioExecutor>) {
+    let peer = a.peer;
+    let stream = match TcpStream::from_std(a.stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot register the connection");
+            return;
+        }
+    };
+    let fwd = Arc::clone(fwd);
+    let client = Arc::new(Peer::new(peer));
+    let svc = service_fn(move |req| {
+        let fwd = Arc::clone(&fwd);
+        let client = Arc::clone(&client);
+        async move { Ok::<_, std::convert::Infallible>(fwd.handle(req, &client).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .into_owned();
+    let conn = a.watcher.watch(conn);
+    let permit = a.permit;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        }
+        drop(permit);
+    });
 }
 
 /// The address a listener is bound to, for logs.

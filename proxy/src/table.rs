@@ -69,6 +69,8 @@ pub enum Route {
         upstream: Arc<Upstream>,
         /// The bucket's epoch.
         epoch: i64,
+        /// The epoch as the `X-Dtable-Epoch` value.
+        epoch_header: HeaderValue,
     },
     /// A planned move is in flight: hold requests until it ends.
     Moving,
@@ -132,6 +134,7 @@ impl RoutingTable {
                         Some(up) => Route::Owned {
                             upstream: Arc::clone(up),
                             epoch: owner.epoch,
+                            epoch_header: HeaderValue::from(owner.epoch),
                         },
                         None => Route::Unowned,
                     },
@@ -243,7 +246,12 @@ mod tests {
     fn routes_follow_the_view() {
         let t = RoutingTable::from_view(&view(), &RoutingTable::default(), SETTINGS);
         match t.route(Bucket(0)) {
-            Route::Owned { upstream, epoch } => {
+            Route::Owned {
+                upstream,
+                epoch,
+                epoch_header,
+            } => {
+                assert_eq!(epoch_header, "4");
                 assert_eq!(upstream.authority.as_str(), "127.0.0.1:5001");
                 assert_eq!(upstream.prefix, "");
                 assert_eq!(*epoch, 4);
