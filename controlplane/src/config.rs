@@ -1,12 +1,15 @@
 //! The control plane's configuration: flags with environment twins, validated once.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use dtable_core::auth::{AdminArgs, AdminToken};
 use dtable_core::cli::EtcdArgs;
 use dtable_core::config::ConfigError;
 use dtable_core::etcd::EtcdOptions;
+use dtable_core::tls::{ServerTls, TlsArgs};
 use dtable_core::{KeyLayout, LeaseTiming};
 
 /// Command-line flags of `dtable-controlplane`.
@@ -20,6 +23,12 @@ pub struct Args {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub etcd: EtcdArgs,
+    /// TLS (and mutual TLS) of both listeners, gRPC and HTTP.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// The admin token that guards the intents (rebalance, drain, cordon, uncordon).
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// TTL of the leader's election lease, seconds (at least 3). A dead leader is replaced
     /// after about this long.
     #[arg(long, env = "DTABLE_ELECTION_TTL", default_value_t = 10)]
@@ -84,6 +93,22 @@ pub struct ControlPlaneConfig {
     pub auto_rebalance: bool,
     /// Limits of planned moves.
     pub handoff: crate::handoff::HandoffSettings,
+    /// TLS of the gRPC and HTTP listeners; `None` serves plain gRPC and HTTP.
+    pub tls: Option<ServerTls>,
+    /// The token the intents demand; `None` leaves them open (see
+    /// [`dtable_core::auth::warn_open`]).
+    pub admin_token: Option<Arc<AdminToken>>,
+}
+
+impl ControlPlaneConfig {
+    /// How the listeners are secured, in words for the start-up log line.
+    pub fn tls_mode(&self) -> &'static str {
+        match &self.tls {
+            None => "off (plain gRPC and HTTP)",
+            Some(tls) if tls.requires_client_cert() => "mutual (client certificates required)",
+            Some(_) => "on (no client certificates)",
+        }
+    }
 }
 
 impl Args {
@@ -91,6 +116,8 @@ impl Args {
     pub fn into_config(self) -> Result<ControlPlaneConfig, ConfigError> {
         let file = self.etcd.seatable()?;
         let (etcd, keys) = self.etcd.resolve(&file)?;
+        let tls = self.tls.load()?;
+        let admin_token = self.admin.load()?;
         LeaseTiming::new(self.election_ttl)
             .map_err(|e| ConfigError::field("--election-ttl", e.to_string()))?;
         if self.max_concurrent_moves == 0 {
@@ -126,6 +153,8 @@ impl Args {
                 max_concurrent: self.max_concurrent_moves,
                 rejoin_hold: self.rejoin_hold,
             },
+            tls,
+            admin_token,
         })
     }
 }

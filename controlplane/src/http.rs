@@ -15,8 +15,9 @@
 //! | `GET /api/v1/status` | STATUS |
 //! | `GET /api/v1/events` | SSE: `data: <EVENT>` per event, a `snapshot` event first; keep-alive comments every 15 s |
 //!
-//! Intents (mutating; [`intent_routes`] is a router of its own so that an auth layer can be
-//! put on these alone):
+//! Intents (mutating; [`intent_routes`] is a router of its own so that the admin token guards
+//! these alone: with `--admin-token-file` each needs `Authorization: Bearer <token>` and
+//! answers 401 `{"code":"unauthorized",...}` without it):
 //!
 //! | route | answer |
 //! |---|---|
@@ -25,10 +26,14 @@
 //! | `POST /api/v1/nodes/<id>/drain` | INTENT |
 //! | `POST /api/v1/nodes/<id>/uncordon` | INTENT |
 //!
+//! With `--tls-cert` the listener speaks HTTPS only (HTTP/1.1 and HTTP/2), and with
+//! `--tls-client-ca` it serves only clients that show a certificate from that CA.
+//!
 //! Errors are ERROR with these statuses: `bad_uuid` and `bad_request` 400, `unknown_node` 404,
 //! `not_ready` 503, `etcd_error` 502, `etcd_timeout` 504. The shapes are in [`crate::model`].
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
@@ -39,6 +44,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dtable_core::ClusterView;
+use dtable_core::auth::{AdminToken, require_admin};
+use dtable_core::tls::ServerTls;
 use dtable_core::view::CordonMode;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -93,19 +100,25 @@ pub fn intent_routes() -> Router<ApiState> {
         .route("/api/v1/nodes/{id}/uncordon", post(uncordon))
 }
 
-/// The whole HTTP app.
-pub fn router(state: ApiState) -> Router {
+/// The whole HTTP app: reads, the status page and the event stream open to all; the intents
+/// behind `admin_token` when there is one.
+pub fn router(state: ApiState, admin_token: Option<Arc<AdminToken>>) -> Router {
     read_routes()
-        .merge(intent_routes())
+        .merge(intent_routes().route_layer(require_admin(admin_token)))
         .merge(crate::status::routes())
         .with_state(state)
 }
 
-/// Serves the HTTP API until `shutdown`.
-pub async fn serve(listener: TcpListener, state: ApiState, shutdown: CancellationToken) {
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+/// Serves the HTTP API until `shutdown`, over TLS when `tls` is set.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    tls: Option<ServerTls>,
+    admin_token: Option<Arc<AdminToken>>,
+    shutdown: CancellationToken,
+) {
+    let app = router(state, admin_token);
+    let served = dtable_core::tls::serve_http(listener, app, tls, shutdown).await;
     if let Err(e) = served {
         tracing::error!(error = %e, "HTTP API stopped");
     }

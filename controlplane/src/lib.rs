@@ -33,6 +33,9 @@ pub enum ControlPlaneError {
     /// A listener could not be bound.
     #[error(transparent)]
     Listen(#[from] dtable_core::cli::ListenError),
+    /// tonic refused the TLS set-up of the gRPC listener.
+    #[error("cannot set up TLS on the gRPC listener: {0}")]
+    GrpcTls(#[source] tonic::transport::Error),
 }
 
 /// Runs one control-plane instance until `shutdown`.
@@ -41,9 +44,11 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), ControlPlaneError> {
+    let grpc_server = grpc::server(cfg.tls.as_ref()).map_err(ControlPlaneError::GrpcTls)?;
     let client = connect(&cfg.etcd).await?;
     let http = bind(cfg.http_listen).await?;
     let grpc = bind(cfg.grpc_listen).await?;
+    let (tls, admin_token) = (cfg.tls.clone(), cfg.admin_token.clone());
 
     let (watcher, view_rx) = ClusterWatch::new(client.clone(), cfg.keys.clone());
     let (is_leader_tx, is_leader_rx) = watch::channel(false);
@@ -74,8 +79,15 @@ pub async fn run(
         is_leader_tx,
         shutdown.clone(),
     ));
-    tasks.spawn(http::serve(http, state.clone(), shutdown.clone()));
-    tasks.spawn(grpc::serve(grpc, state, shutdown.clone()));
+    tasks.spawn(http::serve(
+        http,
+        state.clone(),
+        tls,
+        admin_token.clone(),
+        shutdown.clone(),
+    ));
+    let service = grpc::ControlPlaneService::new(state, admin_token);
+    tasks.spawn(grpc::serve(grpc_server, grpc, service, shutdown.clone()));
     while tasks.join_next().await.is_some() {}
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod events;
 pub mod http;
+pub mod pki;
 pub mod process;
 pub mod relay;
 pub mod scratch;

@@ -7,6 +7,7 @@ mod handoff;
 mod intents;
 mod membership;
 mod repair;
+mod security;
 
 use std::time::Duration;
 

@@ -11,9 +11,8 @@ use axum::routing::{get, post};
 use clap::Parser;
 use dtable_core::auth::{AdminArgs, AdminToken, require_admin, warn_open};
 use dtable_core::tls::serve_http;
+use dtable_testkit::pki::Pki;
 use tokio_util::sync::CancellationToken;
-
-use crate::pki::Pki;
 
 /// What a binary's arguments look like around the admin flag.
 #[derive(Debug, Parser)]

@@ -8,9 +8,8 @@ use clap::Parser;
 use dtable_core::cli::EtcdArgs;
 use dtable_core::etcd::{EtcdError, EtcdOptions, connect};
 use dtable_testkit::etcd::{EtcdTlsFiles, Security};
+use dtable_testkit::pki::Pki;
 use dtable_testkit::{Etcd, wait_until};
-
-use crate::pki::Pki;
 
 /// What a binary's arguments look like around the etcd flags.
 #[derive(Debug, Parser)]

@@ -11,10 +11,9 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use clap::Parser;
 use dtable_core::tls::{ServerTls, TlsArgs, serve_http};
+use dtable_testkit::pki::{Pair, Pki};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-use crate::pki::{Pair, Pki};
 
 /// What a binary's arguments look like around the TLS flags.
 #[derive(Debug, Parser)]

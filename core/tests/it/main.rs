@@ -5,6 +5,5 @@ mod admin_token;
 mod etcd_security;
 mod lease;
 mod listener_tls;
-mod pki;
 mod security_config;
 mod watch;

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use dtable_core::cli::EtcdArgs;
 use dtable_core::config::ConfigError;
 use dtable_core::tls::TlsArgs;
-
-use crate::pki::Pki;
+use dtable_testkit::pki::Pki;
 
 /// The flag a configuration error names, and its one-line message.
 fn flag_of(err: ConfigError) -> (String, String) {
