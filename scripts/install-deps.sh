@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing dtable-cluster needs on Debian: etcd (the only store),
-# protoc (for the .proto files), and OpenSSL headers for the socket.io test client. Skips
-# what is already there.
+# protoc (for the .proto files), OpenSSL headers for the socket.io test client, and Chromium
+# with chromedriver for the status page's browser test. Skips what is already there.
 set -euo pipefail
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
@@ -10,6 +10,9 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # The socket.io test client links OpenSSL through native-tls.
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+# The status page's browser test drives Debian's Chromium through chromedriver.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing: ${need[*]}"
