@@ -1,6 +1,7 @@
 //! The admin port (5555): `POST /rebalance/` as SeaTable documents it, base lookups, metrics
 //! and health.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::{Path, State};
@@ -9,8 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dtable_core::KeyLayout;
+use dtable_core::auth::{AdminToken, require_admin};
 use dtable_core::etcd::{CALL_TIMEOUT, ViewRx};
 use dtable_core::placement::{Policy, place};
+use dtable_core::tls::{ServerTls, serve_http};
 use etcd_client::Client;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -37,20 +40,27 @@ fn error(status: StatusCode, code: &str, msg: impl std::fmt::Display) -> Respons
         .into_response()
 }
 
-/// Serves the admin API until `shutdown`.
-pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let app = Router::new()
+/// Serves the admin API until `shutdown`; `POST /rebalance/` demands `token` when there is
+/// one, everything else is open.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    tls: Option<ServerTls>,
+    token: Option<Arc<AdminToken>>,
+    shutdown: CancellationToken,
+) {
+    let mutating = Router::new()
         .route("/rebalance/", post(rebalance))
         .route("/rebalance", post(rebalance))
+        .route_layer(require_admin(token));
+    let app = Router::new()
         .route("/api/v1/lookup/{uuid}", get(lookup))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(mutating)
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
+    if let Err(e) = serve_http(listener, app, tls, shutdown).await {
         tracing::error!(error = %e, "admin listener stopped");
     }
 }

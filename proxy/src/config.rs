@@ -1,13 +1,16 @@
 //! The proxy's configuration: flags with environment twins, validated once.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use dtable_core::KeyLayout;
+use dtable_core::auth::{AdminArgs, AdminToken};
 use dtable_core::cli::EtcdArgs;
 use dtable_core::config::ConfigError;
 use dtable_core::etcd::EtcdOptions;
+use dtable_core::tls::{ServerTls, TlsArgs};
 
 use crate::forward::ForwardSettings;
 use crate::server::Limits;
@@ -27,6 +30,12 @@ pub struct Args {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub etcd: EtcdArgs,
+    /// TLS of both listeners (routing and admin).
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// The admin token that guards POST /rebalance/ on the admin port.
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Routing listener.
     #[arg(long, env = "DTABLE_PROXY_LISTEN", default_value = "0.0.0.0:5550")]
     pub listen: SocketAddr,
@@ -87,6 +96,21 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Upstream idle timeout.
     pub idle_timeout: Duration,
+    /// TLS of both listeners; `None` serves plain HTTP.
+    pub tls: Option<ServerTls>,
+    /// The token `POST /rebalance/` demands; `None` leaves it open, as in SeaTable.
+    pub admin_token: Option<Arc<AdminToken>>,
+}
+
+impl ProxyConfig {
+    /// How the listeners are secured, in words for the start-up log line.
+    pub fn tls_mode(&self) -> &'static str {
+        match &self.tls {
+            None => "off (plain HTTP)",
+            Some(tls) if tls.requires_client_cert() => "mutual (client certificates required)",
+            Some(_) => "on (no client certificates)",
+        }
+    }
 }
 
 impl Args {
@@ -94,6 +118,8 @@ impl Args {
     pub fn into_config(self) -> Result<ProxyConfig, ConfigError> {
         let file = self.etcd.seatable()?;
         let (etcd, keys) = self.etcd.resolve(&file)?;
+        let tls = self.tls.load()?;
+        let admin_token = self.admin.load()?;
         if self.hold_timeout < Duration::from_secs(1) {
             return Err(ConfigError::field("--hold-timeout", "must be at least 1s"));
         }
@@ -133,6 +159,8 @@ impl Args {
             },
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,
+            tls,
+            admin_token,
         })
     }
 }

@@ -41,14 +41,17 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Its IP as a header value, made once per connection.
     pub ip: HeaderValue,
+    /// `http` or `https`, for X-Forwarded-Proto.
+    pub proto: HeaderValue,
 }
 
 impl Peer {
-    /// The peer of a new connection.
-    pub fn new(addr: SocketAddr) -> Peer {
+    /// The peer of a new connection; `tls` when it came over TLS.
+    pub fn new(addr: SocketAddr, tls: bool) -> Peer {
         let ip =
             HeaderValue::from_str(&addr.ip().to_string()).expect("an IP is a valid header value");
-        Peer { addr, ip }
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        Peer { addr, ip, proto }
     }
 }
 
@@ -533,7 +536,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, uri: &Uri, peer: &Peer) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, peer.proto.clone());
     }
     if let Some(host) = host
         && !headers.contains_key(X_FORWARDED_HOST)

@@ -78,9 +78,15 @@ pub async fn run(
         keys: cfg.keys.clone(),
         metrics,
     };
-    let admin_task = tokio::spawn(admin::serve(admin, state, shutdown.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        state,
+        cfg.tls.clone(),
+        cfg.admin_token.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(listen = ?server::bound(&listener), admin = %cfg.admin_listen, "dtable-proxy serving");
-    server::serve(listener, fwd, cfg.limits.clone(), shutdown).await;
+    server::serve(listener, fwd, cfg.limits.clone(), cfg.tls.clone(), shutdown).await;
     let _ = admin_task.await;
     background.cancel();
     Ok(())

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use dtable_core::auth::warn_open;
 use dtable_core::cli::{exit_config_error, init_tracing, parse_or_exit, shutdown_on_signals};
 use dtable_proxy::{Args, run};
 
@@ -21,7 +22,18 @@ async fn main() -> ExitCode {
         .unwrap_or_else(|e| exit_config_error("dtable-proxy", &e));
     init_tracing();
     let metrics = dtable_core::cli::install_metrics();
-    tracing::info!(listen = %cfg.listen, admin = %cfg.admin_listen, etcd = ?cfg.etcd.endpoints, "dtable-proxy starting");
+    tracing::info!(
+        listen = %cfg.listen,
+        admin = %cfg.admin_listen,
+        etcd = ?cfg.etcd.endpoints,
+        workers = cfg.limits.workers,
+        tls = cfg.tls_mode(),
+        admin_token = if cfg.admin_token.is_some() { "required for POST /rebalance/" } else { "none" },
+        "dtable-proxy starting"
+    );
+    if cfg.admin_token.is_none() {
+        warn_open("dtable-proxy");
+    }
     match run(cfg, metrics, shutdown_on_signals()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

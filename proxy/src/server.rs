@@ -13,12 +13,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use dtable_core::tls::{HANDSHAKE_TIMEOUT, ServerTls};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::{Forwarder, Peer};
@@ -46,13 +49,16 @@ struct Accepted {
     watcher: Watcher,
 }
 
-/// Serves `listener` until `shutdown`, then drains connections for up to the grace period.
+/// Serves `listener` (over TLS when `tls` is set) until `shutdown`, then drains connections
+/// for up to the grace period.
 pub async fn serve(
     listener: TcpListener,
     fwd: Arc<Forwarder>,
     limits: Limits,
+    tls: Option<ServerTls>,
     shutdown: CancellationToken,
 ) {
+    let acceptor = tls.as_ref().map(ServerTls::acceptor);
     let builder = Arc::new(connection_builder(&limits));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -66,6 +72,7 @@ pub async fn serve(
                 rx,
                 Arc::clone(&fwd),
                 Arc::clone(&builder),
+                acceptor.clone(),
                 stop_workers.clone(),
             );
             (tx, thread)
@@ -146,6 +153,7 @@ fn spawn_worker(
     mut queue: mpsc::UnboundedReceiver<Accepted>,
     fwd: Arc<Forwarder>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    acceptor: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
@@ -158,7 +166,7 @@ fn spawn_worker(
             crate::pool::set_worker(index);
             rt.block_on(async move {
                 while let Some(a) = queue.recv().await {
-                    serve_connection(a, &fwd, &builder);
+                    serve_connection(a, &fwd, &builder, acceptor.as_ref());
                 }
                 stop.cancelled().await;
             });
@@ -166,8 +174,14 @@ fn spawn_worker(
         .expect("a worker thread can be started")
 }
 
-/// Serves one client connection on the current worker.
-fn serve_connection(a: Accepted, fwd: &Arc<Forwarder>, builder: &auto::Builder<TokioExecutor>) {
+/// Serves one client connection on the current worker, after a TLS handshake when
+/// `acceptor` is set.
+fn serve_connection(
+    a: Accepted,
+    fwd: &Arc<Forwarder>,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    acceptor: Option<&TlsAcceptor>,
+) {
     let peer = a.peer;
     let stream = match TcpStream::from_std(a.stream) {
         Ok(s) => s,
@@ -176,24 +190,50 @@ fn serve_connection(a: Accepted, fwd: &Arc<Forwarder>, builder: &auto::Builder<T
             return;
         }
     };
-    let fwd = Arc::clone(fwd);
-    let client = Arc::new(Peer::new(peer));
+    let (fwd, builder, permit, watcher) =
+        (Arc::clone(fwd), Arc::clone(builder), a.permit, a.watcher);
+    match acceptor {
+        None => {
+            tokio::spawn(async move {
+                http(stream, peer, false, fwd, &builder, watcher).await;
+                drop(permit);
+            });
+        }
+        Some(acceptor) => {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => http(tls, peer, true, fwd, &builder, watcher).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Speaks HTTP on one client connection until it ends or the drain closes it.
+async fn http<I>(
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    fwd: Arc<Forwarder>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = Arc::new(Peer::new(peer, tls));
     let svc = service_fn(move |req| {
         let fwd = Arc::clone(&fwd);
         let client = Arc::clone(&client);
         async move { Ok::<_, std::convert::Infallible>(fwd.handle(req, &client).await) }
     });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-        .into_owned();
-    let conn = a.watcher.watch(conn);
-    let permit = a.permit;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%peer, error = %e, "client connection ended with an error");
-        }
-        drop(permit);
-    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
 }
 
 /// The address a listener is bound to, for logs.

@@ -5,6 +5,7 @@ mod bad_input;
 mod holding;
 mod lifecycle;
 mod routing;
+mod security;
 mod streaming;
 mod upgrades;
 
