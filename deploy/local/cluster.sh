@@ -7,7 +7,7 @@
 # event logs in run/events/.
 #
 #   cluster.sh up       install etcd/protoc if missing, build, start, wait until all 256 buckets
-#                       are placed, print where to look
+#                       are placed, print where to look (the status page, `dtablectl status`)
 #   cluster.sh status   which processes run, and the bucket counts per node
 #   cluster.sh logs     the tail of every log (or: cluster.sh logs NAME [LINES])
 #   cluster.sh down     stop everything (agents first: they drain, fence their servers and
@@ -34,6 +34,9 @@ AGENT_STOP_TIMEOUT=20
 # The proxy's ports: routing and admin.
 PROXY_PORT=5550
 ADMIN_PORT=5555
+
+# dtablectl against both control planes: the first that answers serves.
+CONTROLPLANES="http://127.0.0.1:5580,http://127.0.0.1:15580"
 
 # A base UUID for the examples `up` prints.
 EXAMPLE_BASE=4a7f2e3c-1b2d-4c5e-8f90-123456789abc
@@ -332,6 +335,10 @@ cmd_up() {
 
 dtable-cluster is up on 127.0.0.1 (leader: $(leader)).
 
+  status page     http://127.0.0.1:5581/   (cp2: http://127.0.0.1:15581/)
+  dtablectl       $BIN/dtablectl --controlplane $CONTROLPLANES status
+                  (also: nodes, lookup <uuid>, moves, watch, rebalance [--dry-run],
+                   cordon|drain|uncordon <node>; --json on each)
   proxy           routing http://127.0.0.1:$PROXY_PORT   admin http://127.0.0.1:$ADMIN_PORT
                   curl -si http://127.0.0.1:$PROXY_PORT/dtables/$EXAMPLE_BASE | grep -i x-dtable-node
                   curl -s -X POST http://127.0.0.1:$PROXY_PORT/api/v1/dtables/$EXAMPLE_BASE/rows/ -d '{"row":{"name":"x"}}'
@@ -355,9 +362,9 @@ dtable-cluster is up on 127.0.0.1 (leader: $(leader)).
                   ETCDCTL_API=3 etcdctl --endpoints $ETCD_ENDPOINTS get --prefix assign-
   logs            $RUN/*.log   ($SELF logs)
 
-buckets per node:
+$ dtablectl status
 EOF
-  print_buckets
+  "$BIN/dtablectl" --controlplane "$CONTROLPLANES" status || echo "(dtablectl status failed; see above)"
   echo
   echo "stop it with: $SELF down"
 }

@@ -3,6 +3,7 @@
 //! real control plane on a real etcd for the read calls it serves today.
 
 mod commands;
+mod demo;
 mod failures;
 mod fake;
 mod real;
