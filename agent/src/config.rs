@@ -1,10 +1,11 @@
 //! The agent's configuration: flags with environment twins, completed from SeaTable's
-//! `dtable_server_config.json`, validated once at start-up.
+//! `dtable_server_config.json` (or `dtable_server_slave_config.json` for a slave), validated
+//! once at start-up.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use dtable_core::cli::EtcdArgs;
 use dtable_core::config::ConfigError;
 use dtable_core::etcd::EtcdOptions;
@@ -12,6 +13,50 @@ use dtable_core::node::MAX_WEIGHT;
 use dtable_core::{KeyLayout, LeaseTiming, NodeId};
 
 use crate::health::ProbeSettings;
+
+/// How the agent works with its server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// The agent registers the server under its own lease while the server is healthy and
+    /// pushes the server's buckets over the local stream, under a serving lease.
+    #[default]
+    Managed,
+    /// Beside an unmodified SeaTable dtable-server that registers itself: the agent never
+    /// registers anything; it probes the server and revokes the lease of the server's own
+    /// registration once the server is judged dead, so failover need not wait for the TTL.
+    Seatable,
+}
+
+impl Mode {
+    /// `managed` or `seatable`, as logs and metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Managed => "managed",
+            Mode::Seatable => "seatable",
+        }
+    }
+}
+
+/// What kind of server the agent sits beside.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// A bucket-owning dtable-server, registered at the root key `<node_id>`.
+    #[default]
+    Server,
+    /// A read replica (dtable-server-slave), registered under `dtable-cluster/slaves/<node_id>`
+    /// only: it owns no bucket and nothing is pushed to it.
+    Slave,
+}
+
+impl Role {
+    /// `server` or `slave`, as the record's `role` field and the metrics say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Server => dtable_core::node::ROLE_SERVER,
+            Role::Slave => dtable_core::node::ROLE_SLAVE,
+        }
+    }
+}
 
 /// Command-line flags of `dtable-agent`.
 #[derive(Debug, Clone, Parser)]
@@ -24,6 +69,14 @@ pub struct Args {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub etcd: EtcdArgs,
+    /// `managed`: register the server and push its buckets. `seatable`: beside a SeaTable
+    /// server that registers itself, only probe it and revoke its lease once it is dead.
+    #[arg(long, env = "DTABLE_AGENT_MODE", value_enum, default_value_t = Mode::Managed)]
+    pub mode: Mode,
+    /// `server`: a bucket owner, registered at `<node_id>`. `slave`: a read replica,
+    /// registered under `dtable-cluster/slaves/<node_id>` only (managed mode).
+    #[arg(long, env = "DTABLE_AGENT_ROLE", value_enum, default_value_t = Role::Server)]
+    pub role: Role,
     /// The server's node id; must start with "dtable-server-".
     #[arg(long, env = "DTABLE_NODE_ID")]
     pub node_id: Option<String>,
@@ -39,14 +92,16 @@ pub struct Args {
     /// Relative share of buckets (1..=1000).
     #[arg(long, env = "DTABLE_WEIGHT", default_value_t = 1)]
     pub weight: u32,
-    /// The local push API (gRPC `LocalAgent`) for the server.
+    /// The local push API (gRPC `LocalAgent`) for the server. Not opened in seatable mode or
+    /// for a slave, which are pushed nothing.
     #[arg(
         long,
         env = "DTABLE_AGENT_GRPC_LISTEN",
         default_value = "127.0.0.1:5570"
     )]
     pub grpc_listen: SocketAddr,
-    /// The HTTP twin of the push API, with /metrics and /healthz.
+    /// The HTTP twin of the push API, with /metrics and /healthz (only these two in seatable
+    /// mode and for a slave).
     #[arg(
         long,
         env = "DTABLE_AGENT_HTTP_LISTEN",
@@ -82,15 +137,20 @@ fn duration(s: &str) -> Result<Duration, String> {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// Managed or seatable.
+    pub mode: Mode,
+    /// Server or slave.
+    pub role: Role,
     /// How to reach etcd.
     pub etcd: EtcdOptions,
     /// Key layout (namespace).
     pub keys: KeyLayout,
     /// This server's id.
     pub node_id: NodeId,
-    /// Browser-facing URL.
+    /// Browser-facing URL (empty in seatable mode when not given: the server registers its
+    /// own record).
     pub node_url: String,
-    /// LAN URL.
+    /// LAN URL (empty in seatable mode when --health-url is given instead).
     pub local_node_url: String,
     /// Requested lease TTL, seconds.
     pub lease_ttl: i64,
@@ -125,12 +185,41 @@ impl Args {
         let node_id = required("node-id", self.node_id, file.node_id)?;
         let node_id =
             NodeId::new(node_id).map_err(|e| ConfigError::field("--node-id", e.to_string()))?;
-        let node_url = required("node-url", self.node_url, file.node_url)?;
-        let local_node_url = required("local-node-url", self.local_node_url, file.local_node_url)?;
+        if self.mode == Mode::Seatable && self.role == Role::Slave {
+            return Err(ConfigError::field(
+                "--role",
+                "slave needs --mode managed: a slave's registration is its agent's own",
+            ));
+        }
+        let (node_url, local_node_url) = match self.mode {
+            Mode::Managed => (
+                required("node-url", self.node_url, file.node_url)?,
+                required("local-node-url", self.local_node_url, file.local_node_url)?,
+            ),
+            // The server registers its own record; only the probe needs an address.
+            Mode::Seatable => {
+                let local = self.local_node_url.or(file.local_node_url);
+                if local.is_none() && self.health_url.is_none() {
+                    return Err(ConfigError::field(
+                        "--local-node-url",
+                        "missing: seatable mode probes <local-node-url>/ping/; set \
+                         --local-node-url, cluster_config.local_node_url in --seatable-config, \
+                         or --health-url",
+                    ));
+                }
+                (
+                    self.node_url.or(file.node_url).unwrap_or_default(),
+                    local.unwrap_or_default(),
+                )
+            }
+        };
         for (field, url) in [
             ("--node-url", &node_url),
             ("--local-node-url", &local_node_url),
         ] {
+            if url.is_empty() && self.mode == Mode::Seatable {
+                continue;
+            }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::field(
                     field,
@@ -166,6 +255,8 @@ impl Args {
             unhealthy_after: self.unhealthy_after,
         };
         Ok(AgentConfig {
+            mode: self.mode,
+            role: self.role,
             etcd,
             keys,
             node_id,

@@ -1,14 +1,23 @@
-//! dtable-agent: the sidecar beside one dtable-server (mode `managed`). It probes the server,
-//! registers it in etcd under a lease only while it is healthy, and pushes the server's share
-//! of the assignment over a local stream that carries a serving lease the server enforces.
-//! When it can no longer renew its lease, or the server dies, it fences the server before the
-//! lease can free the buckets for others. On SIGTERM it drains the node by handoff.
+//! dtable-agent: the sidecar beside one dtable-server.
+//!
+//! - Mode `managed` (the default), role `server`: it probes the server, registers it in etcd
+//!   under a lease only while it is healthy, and pushes the server's share of the assignment
+//!   over a local stream that carries a serving lease the server enforces. When it can no
+//!   longer renew its lease, or the server dies, it fences the server before the lease can
+//!   free the buckets for others. On SIGTERM it drains the node by handoff (`supervisor.rs`).
+//! - Mode `managed`, role `slave`: beside a read replica it registers the slave under
+//!   `dtable-cluster/slaves/<node_id>` while the slave is healthy (`slave.rs`).
+//! - Mode `seatable`: beside an unmodified SeaTable server that registers itself, it only
+//!   probes the server and revokes its registration's lease once it is dead (`seatable.rs`).
 
 pub mod config;
 pub mod health;
 pub mod local;
+pub mod ops;
 pub mod push;
 pub mod registration;
+pub mod seatable;
+mod slave;
 mod supervisor;
 
 use std::sync::Arc;
@@ -21,7 +30,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AgentConfig, Args};
+pub use config::{AgentConfig, Args, Mode, Role};
+use health::Health;
 use local::{Contact, Local};
 use push::{Phase, PushState};
 
@@ -36,8 +46,85 @@ pub enum AgentError {
     Listen(#[from] dtable_core::cli::ListenError),
 }
 
-/// Runs the agent until it has drained after `shutdown`, or fails to start.
+/// Runs the agent in its mode and role until `shutdown` (a managed server's agent: until it
+/// has drained after it), or fails to start.
 pub async fn run(
+    cfg: AgentConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    metrics::gauge!("dtable_agent_info", "mode" => cfg.mode.name(), "role" => cfg.role.name(), "node_id" => cfg.node_id.to_string())
+        .set(1.0);
+    match (cfg.mode, cfg.role) {
+        (Mode::Managed, Role::Server) => run_managed(cfg, metrics, shutdown).await,
+        (Mode::Managed, Role::Slave) => run_slave(cfg, metrics, shutdown).await,
+        (Mode::Seatable, _) => run_seatable(cfg, metrics, shutdown).await,
+    }
+}
+
+/// Beside a slave: register it while it is healthy; no local push API.
+async fn run_slave(
+    cfg: AgentConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let http = bind(cfg.http_listen).await?;
+    let client = connect(&cfg.etcd).await?;
+    let background = CancellationToken::new();
+    let (health_tx, health_rx) = watch::channel(Health::default());
+    tokio::spawn(health::run(
+        cfg.probe.clone(),
+        health_tx,
+        background.clone(),
+    ));
+    tokio::spawn(ops::serve_http(http, metrics, background.clone()));
+    tracing::info!(http = %cfg.http_listen, health = %cfg.probe.url, "slave agent listening");
+    let sup = slave::SlaveSupervisor {
+        cfg,
+        client,
+        health_rx,
+    };
+    sup.run(shutdown).await;
+    background.cancel();
+    Ok(())
+}
+
+/// Beside a self-registering SeaTable server: watch, probe, and revoke a dead server's lease.
+async fn run_seatable(
+    cfg: AgentConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let http = bind(cfg.http_listen).await?;
+    let client = connect(&cfg.etcd).await?;
+    let background = CancellationToken::new();
+    let (health_tx, health_rx) = watch::channel(Health::default());
+    tokio::spawn(health::run(
+        cfg.probe.clone(),
+        health_tx,
+        background.clone(),
+    ));
+    let (registrations, registration_rx) = seatable::RegistrationWatch::new(
+        client.clone(),
+        cfg.keys.node(&cfg.node_id),
+        cfg.node_id.to_string(),
+    );
+    tokio::spawn(registrations.run(background.clone()));
+    tokio::spawn(ops::serve_http(http, metrics, background.clone()));
+    tracing::info!(http = %cfg.http_listen, "seatable agent listening");
+    let watchdog = seatable::Watchdog {
+        cfg,
+        client,
+        health_rx,
+        registration_rx,
+    };
+    watchdog.run(shutdown).await;
+    background.cancel();
+    Ok(())
+}
+
+/// A managed server's agent: register, push, fence, drain.
+async fn run_managed(
     cfg: AgentConfig,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
@@ -51,10 +138,10 @@ pub async fn run(
 
     let (watcher, view_rx) = ClusterWatch::new(client.clone(), cfg.keys.clone());
     tokio::spawn(watcher.run(background.clone()));
-    let (healthy_tx, healthy_rx) = watch::channel(false);
+    let (health_tx, health_rx) = watch::channel(Health::default());
     tokio::spawn(health::run(
         cfg.probe.clone(),
-        healthy_tx,
+        health_tx,
         background.clone(),
     ));
 
@@ -90,7 +177,7 @@ pub async fn run(
         client,
         timing,
         view_rx,
-        healthy_rx,
+        health_rx,
         phase_tx,
         events_rx,
         local,

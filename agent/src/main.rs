@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
         .into_config()
         .unwrap_or_else(|e| exit_config_error("dtable-agent", &e));
     init_tracing();
-    tracing::info!(node_id = %cfg.node_id, etcd = ?cfg.etcd.endpoints, ttl = cfg.lease_ttl, "dtable-agent starting");
+    tracing::info!(node_id = %cfg.node_id, mode = cfg.mode.name(), role = cfg.role.name(), etcd = ?cfg.etcd.endpoints, ttl = cfg.lease_ttl, "dtable-agent starting");
     let metrics = dtable_core::cli::install_metrics();
     let shutdown = shutdown_on_signals();
     match run(cfg, metrics, shutdown).await {

@@ -1,6 +1,7 @@
 //! Registration: the node record under a lease, created only when the key is absent, so a
 //! live registration (for instance a crashed predecessor's, whose lease still runs) is never
-//! stolen.
+//! stolen. A server registers at `<node_id>`; a slave at `dtable-cluster/slaves/<node_id>`
+//! and nowhere else.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Role};
 
 /// Why registering failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +31,18 @@ pub enum RegisterError {
     Shutdown,
 }
 
-/// Writes this node's record under `lease`, waiting out any other holder of the key.
+/// The key this agent registers its server at: `<prefix><node_id>` for a server,
+/// `<prefix>dtable-cluster/slaves/<node_id>` for a slave (never a `dtable-server-` root key,
+/// so neither dtable-web nor the placement can take a slave for a bucket owner).
+pub fn registration_key(cfg: &AgentConfig) -> String {
+    match cfg.role {
+        Role::Server => cfg.keys.node(&cfg.node_id),
+        Role::Slave => cfg.keys.slave(&cfg.node_id),
+    }
+}
+
+/// Writes this node's record (see [`node_record`]) at [`registration_key`] under `lease`,
+/// waiting out any other holder of the key.
 ///
 /// Returns the revision the record was created at.
 pub async fn register(
@@ -41,7 +53,7 @@ pub async fn register(
     shutdown: &CancellationToken,
 ) -> Result<i64, RegisterError> {
     let mut client = client.clone();
-    let key = cfg.keys.node(&cfg.node_id);
+    let key = registration_key(cfg);
     let record = node_record(cfg);
     loop {
         let txn = Txn::new()
@@ -55,7 +67,7 @@ pub async fn register(
         let resp = call(client.txn(txn)).await?;
         if resp.succeeded() {
             let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-            tracing::info!(node_id = %cfg.node_id, lease = format!("{lease:x}"), revision, "registered");
+            tracing::info!(node_id = %cfg.node_id, role = cfg.role.name(), key, lease = format!("{lease:x}"), revision, "registered");
             return Ok(revision);
         }
         let holder = resp.op_responses().into_iter().find_map(|op| match op {
@@ -129,13 +141,13 @@ async fn call<T>(
         .map_err(|_| RegisterError::Timeout)??)
 }
 
-/// The record this agent registers.
+/// The record this agent registers; its `role` is `server` or `slave`.
 pub fn node_record(cfg: &AgentConfig) -> NodeRecord {
     NodeRecord {
         node_id: cfg.node_id.clone(),
         node_url: cfg.node_url.clone(),
         local_node_url: cfg.local_node_url.clone(),
-        role: "server".into(),
+        role: cfg.role.name().into(),
         state: NodeState::Active,
         weight: cfg.weight,
         version: env!("CARGO_PKG_VERSION").into(),
@@ -194,18 +206,40 @@ pub async fn mark_draining(
 /// Revokes a lease so every key on it goes at once; failures are logged, since the lease then
 /// simply expires after its TTL.
 pub async fn revoke(client: &Client, lease: i64) {
-    let mut client = client.clone();
-    match timeout(CALL_TIMEOUT, client.lease_revoke(lease)).await {
-        Ok(Ok(_)) => tracing::info!(
+    match try_revoke(client, lease).await {
+        Ok(Revoked::Now) => tracing::info!(
             lease = format!("{lease:x}"),
             "lease revoked; registration removed"
         ),
-        Ok(Err(e)) => {
+        Ok(Revoked::AlreadyGone) => tracing::info!(
+            lease = format!("{lease:x}"),
+            "lease already gone; registration removed"
+        ),
+        Err(e) => {
             tracing::warn!(lease = format!("{lease:x}"), error = %e, "lease revoke failed; it expires after its TTL")
         }
-        Err(_) => tracing::warn!(
-            lease = format!("{lease:x}"),
-            "lease revoke timed out; it expires after its TTL"
-        ),
+    }
+}
+
+/// How a revoke ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// etcd revoked the lease now, and every key on it.
+    Now,
+    /// etcd no longer knows the lease: it expired or was revoked already.
+    AlreadyGone,
+}
+
+/// Revokes `lease`, telling a lease that is already gone from a failure.
+pub async fn try_revoke(client: &Client, lease: i64) -> Result<Revoked, RegisterError> {
+    match call(client.clone().lease_revoke(lease)).await {
+        Ok(_) => Ok(Revoked::Now),
+        // etcd answers NotFound ("requested lease not found") for an unknown lease.
+        Err(RegisterError::Etcd(etcd_client::Error::GRpcStatus(status)))
+            if status.code() == tonic::Code::NotFound =>
+        {
+            Ok(Revoked::AlreadyGone)
+        }
+        Err(e) => Err(e),
     }
 }

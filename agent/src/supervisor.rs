@@ -14,6 +14,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
+use crate::health::Health;
 use crate::local::{Local, ServerEvent};
 use crate::push::Phase;
 use crate::registration::{RegisterError, mark_draining, register, start_lease};
@@ -37,7 +38,7 @@ pub(crate) struct Supervisor {
     pub client: Client,
     pub timing: LeaseTiming,
     pub view_rx: ViewRx,
-    pub healthy_rx: watch::Receiver<bool>,
+    pub health_rx: watch::Receiver<Health>,
     pub phase_tx: watch::Sender<Phase>,
     pub events_rx: mpsc::UnboundedReceiver<ServerEvent>,
     pub local: Local,
@@ -51,7 +52,7 @@ impl Supervisor {
             self.phase_tx.send_replace(Phase::Fenced);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = self.healthy_rx.wait_for(|h| *h) => {}
+                _ = self.health_rx.wait_for(Health::healthy) => {}
             }
             let stop_keeper = CancellationToken::new();
             let (lease, mut lease_rx, _keeper) =
@@ -89,6 +90,8 @@ impl Supervisor {
             self.fence(end).await;
             stop_keeper.cancel();
             crate::registration::revoke(&self.client, lease).await;
+            metrics::counter!("dtable_agent_lease_revokes_total", "mode" => "managed", "reason" => format!("{end:?}"))
+                .increment(1);
             self.local.lease.store(0, Ordering::SeqCst);
             match end {
                 End::Drained | End::DrainTimeout => return,
@@ -137,7 +140,7 @@ impl Supervisor {
             let drain_deadline = drain_until.unwrap_or_else(Instant::now);
             tokio::select! {
                 biased;
-                _ = self.healthy_rx.wait_for(|h| !*h) => return End::ServerDead,
+                _ = self.health_rx.wait_for(|h| !h.healthy()) => return End::ServerDead,
                 _ = shutdown.cancelled(), if drain_until.is_none() => {
                     drain_until = Some(Instant::now() + self.cfg.drain_timeout);
                     match mark_draining(&self.client, &self.cfg, lease).await {

@@ -19,6 +19,11 @@ pub const ELECTION: &str = "election";
 /// Cordon and drain intents, relative to [`CLUSTER_PREFIX`]: `cordon/<node_id>`.
 pub const CORDON_PREFIX: &str = "cordon/";
 
+/// Read-replica (slave) registrations, relative to [`CLUSTER_PREFIX`]: `slaves/<node_id>`.
+/// Slaves live here and never at the root, so dtable-web's `dtable-server-` scan and the
+/// placement never see them.
+pub const SLAVES_PREFIX: &str = "slaves/";
+
 /// The name of a node's cordon intent relative to [`CLUSTER_PREFIX`]: `cordon/<node_id>`.
 pub fn cordon_name(node: &NodeId) -> String {
     format!("{CORDON_PREFIX}{node}")
@@ -53,6 +58,9 @@ pub enum KeyKind {
     /// `dtable-cluster/cordon/<node_id>`: a cordon or drain intent. The text after
     /// `cordon/`, not yet validated as a node id.
     Cordon(String),
+    /// `dtable-cluster/slaves/<node_id>`: a read replica's registration. The text after
+    /// `slaves/`, not yet validated as a node id.
+    Slave(String),
     /// `dtable-cluster/...`, anything else of ours.
     Cluster(String),
     /// Not one of ours.
@@ -114,6 +122,17 @@ impl KeyLayout {
         )
     }
 
+    /// `<prefix>dtable-cluster/slaves/<node_id>`: a read replica's registration, on its
+    /// agent's lease. Never a root key, so a slave can never be taken for a bucket owner.
+    pub fn slave(&self, node: &NodeId) -> String {
+        format!("{}{}", self.slaves_prefix(), node)
+    }
+
+    /// `<prefix>dtable-cluster/slaves/`, the prefix to list every slave registration.
+    pub fn slaves_prefix(&self) -> String {
+        format!("{}{CLUSTER_PREFIX}{SLAVES_PREFIX}", self.prefix)
+    }
+
     /// The election name the control planes campaign on.
     pub fn election(&self) -> String {
         format!("{}{CLUSTER_PREFIX}{ELECTION}", self.prefix)
@@ -150,6 +169,9 @@ impl KeyLayout {
             if let Some(node) = ours.strip_prefix(CORDON_PREFIX) {
                 return KeyKind::Cordon(node.to_owned());
             }
+            if let Some(node) = ours.strip_prefix(SLAVES_PREFIX) {
+                return KeyKind::Slave(node.to_owned());
+            }
             return KeyKind::Cluster(ours.to_owned());
         }
         KeyKind::Other
@@ -185,6 +207,13 @@ mod tests {
             KeyKind::Cluster("election/1".into())
         );
         assert_eq!(k.classify("unrelated"), KeyKind::Other);
+        assert_eq!(k.slave(&n), "dtable-cluster/slaves/dtable-server-a");
+        assert_eq!(k.slaves_prefix(), "dtable-cluster/slaves/");
+        assert_eq!(
+            k.classify("dtable-cluster/slaves/dtable-server-a"),
+            KeyKind::Slave("dtable-server-a".into())
+        );
+        assert!(!k.slave(&n).starts_with(NODE_ID_PREFIX));
         assert_eq!(k.cordon(&n), "dtable-cluster/cordon/dtable-server-a");
         assert_eq!(
             k.classify("dtable-cluster/cordon/dtable-server-a"),
@@ -200,6 +229,7 @@ mod tests {
     fn prefix_isolates_and_range_covers_every_kind() {
         let k = KeyLayout::new("t1/");
         assert_eq!(k.assign(Bucket(1)), "t1/assign-01");
+        assert_eq!(k.slaves_prefix(), "t1/dtable-cluster/slaves/");
         assert_eq!(k.classify("assign-01"), KeyKind::Other);
         let (start, end) = k.view_range();
         let n = NodeId::new("dtable-server-zz").unwrap();
@@ -209,6 +239,7 @@ mod tests {
             k.move_key(Bucket(3)),
             k.cordon(&n),
             k.rebalance_request(),
+            k.slave(&n),
             k.node(&n),
         ] {
             assert!(start <= key && key < end, "{key} outside [{start}, {end})");

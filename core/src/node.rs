@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 /// The key prefix SeaTable's dtable-web scans for servers; every node id starts with it.
 pub const NODE_ID_PREFIX: &str = "dtable-server-";
 
+/// The `role` of a bucket-owning server's record, registered at the root key `<node_id>`.
+pub const ROLE_SERVER: &str = "server";
+/// The `role` of a read replica's record, registered under `dtable-cluster/slaves/<node_id>`.
+pub const ROLE_SLAVE: &str = "slave";
+
 /// A server's id, which is also its etcd key (under the optional namespace).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -89,7 +94,8 @@ pub struct NodeRecord {
     pub node_url: String,
     /// URL on the LAN, used by the proxy and dtable-web's internal calls.
     pub local_node_url: String,
-    /// Always "server" for bucket owners; kept for dtable-web compatibility.
+    /// [`ROLE_SERVER`] for bucket owners (kept for dtable-web compatibility), [`ROLE_SLAVE`]
+    /// for read replicas.
     #[serde(default = "default_role")]
     pub role: String,
     /// Active or draining.
@@ -107,7 +113,7 @@ pub struct NodeRecord {
 }
 
 fn default_role() -> String {
-    "server".to_owned()
+    ROLE_SERVER.to_owned()
 }
 
 fn default_weight() -> u32 {

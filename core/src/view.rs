@@ -1,4 +1,5 @@
-//! The cluster view: what etcd says about nodes, the assignment and moves at one revision.
+//! The cluster view: what etcd says about nodes, read replicas (slaves), the assignment and
+//! moves at one revision.
 //! Built from key-value events without I/O; the watch loop feeds it and publishes snapshots.
 
 use std::collections::BTreeMap;
@@ -7,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bucket::{BUCKET_COUNT, Bucket, BucketError};
 use crate::keys::{ELECTION, KeyKind, KeyLayout};
-use crate::node::{NodeId, NodeRecord, NodeState};
+use crate::node::{NodeId, NodeRecord, NodeState, ROLE_SLAVE};
 use crate::placement::{Candidates, Eligible};
 
 /// A live node registration.
@@ -20,6 +21,21 @@ pub struct NodeEntry {
     /// Revision the key was created at: tells a re-registration from the previous one.
     pub create_revision: i64,
     /// Revision of the last change, for guarded writes.
+    pub mod_revision: i64,
+}
+
+/// A live read-replica (slave) registration, `dtable-cluster/slaves/<node_id>`. Slaves serve
+/// reads of bases they load through the proxy; they own no bucket and are never placement
+/// candidates, which is why they are kept apart from [`ClusterView::nodes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlaveEntry {
+    /// The record as registered; its role is always [`ROLE_SLAVE`].
+    pub record: NodeRecord,
+    /// The etcd lease the key is attached to (0 for none).
+    pub lease: i64,
+    /// Revision the key was created at: tells a re-registration from the previous one.
+    pub create_revision: i64,
+    /// Revision of the last change.
     pub mod_revision: i64,
 }
 
@@ -108,8 +124,11 @@ pub struct Corrupt {
 pub struct ClusterView {
     /// The etcd revision this view reflects.
     pub revision: i64,
-    /// Registered nodes with well-formed records.
+    /// Registered nodes (bucket-owning servers) with well-formed records.
     pub nodes: BTreeMap<NodeId, NodeEntry>,
+    /// Registered read replicas with well-formed records. Never in `nodes`, never eligible,
+    /// never owners.
+    pub slaves: BTreeMap<NodeId, SlaveEntry>,
     /// One slot per bucket; `None` when the key is missing.
     pub assignment: Vec<Option<AssignEntry>>,
     /// Moves in flight.
@@ -131,6 +150,7 @@ impl Default for ClusterView {
         ClusterView {
             revision: 0,
             nodes: BTreeMap::new(),
+            slaves: BTreeMap::new(),
             assignment: vec![None; BUCKET_COUNT],
             moves: BTreeMap::new(),
             cordons: BTreeMap::new(),
@@ -287,6 +307,10 @@ impl ClusterView {
         self.delete(keys, key);
         let result = match keys.classify(key) {
             KeyKind::Node(id) => match NodeRecord::from_json(&id, value) {
+                Ok(record) if record.role == ROLE_SLAVE => Err(corrupt(format!(
+                    "role \"{ROLE_SLAVE}\" at a server key: slaves register under \
+                     dtable-cluster/slaves/"
+                ))),
                 Ok(record) => {
                     let entry = NodeEntry {
                         record,
@@ -350,6 +374,23 @@ impl ClusterView {
                 }
                 Err(e) => Err(corrupt(format!("cordon of no node: {e}"))),
             },
+            KeyKind::Slave(id) => match NodeRecord::from_json(&id, value) {
+                Ok(record) if record.role != ROLE_SLAVE => Err(corrupt(format!(
+                    "slave record with role {:?}, want \"{ROLE_SLAVE}\"",
+                    record.role
+                ))),
+                Ok(record) => {
+                    let entry = SlaveEntry {
+                        record,
+                        lease: kv.lease,
+                        create_revision: kv.create_revision,
+                        mod_revision: kv.mod_revision,
+                    };
+                    self.slaves.insert(entry.record.node_id.clone(), entry);
+                    Ok(())
+                }
+                Err(e) => Err(corrupt(format!("bad slave record: {e}"))),
+            },
             KeyKind::Cluster(rest) => {
                 self.cluster_keys
                     .insert(rest, (value.to_vec(), kv.mod_revision));
@@ -376,6 +417,9 @@ impl ClusterView {
             }
             KeyKind::Cordon(id) => {
                 self.cordons.retain(|n, _| n.as_str() != id);
+            }
+            KeyKind::Slave(id) => {
+                self.slaves.retain(|n, _| n.as_str() != id);
             }
             KeyKind::Cluster(rest) => {
                 self.cluster_keys.remove(&rest);
@@ -609,5 +653,102 @@ mod tests {
         assert_eq!(v.leader(), Some("cp1"));
         v.delete(&k, "dtable-cluster/election/694d8a0f");
         assert_eq!(v.leader(), Some("cp2"));
+    }
+
+    fn slave(id: &str) -> Vec<u8> {
+        format!(
+            r#"{{"node_id":"{id}","node_url":"http://{id}/","local_node_url":"http://{id}:5000/","role":"slave"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn slaves_are_kept_apart_from_nodes() {
+        let k = KeyLayout::new("ns/");
+        let mut v = ClusterView::default();
+        v.put(
+            &k,
+            "ns/dtable-server-a",
+            &record("dtable-server-a"),
+            meta(1),
+        )
+        .unwrap();
+        v.put(
+            &k,
+            "ns/dtable-cluster/slaves/dtable-server-s1",
+            &slave("dtable-server-s1"),
+            KvMeta {
+                create_revision: 2,
+                mod_revision: 3,
+                lease: 42,
+            },
+        )
+        .unwrap();
+        let s1 = NodeId::new("dtable-server-s1").unwrap();
+        let entry = &v.slaves[&s1];
+        assert_eq!(entry.record.role, ROLE_SLAVE);
+        assert_eq!(entry.record.local_node_url, "http://dtable-server-s1:5000/");
+        assert_eq!(
+            (entry.lease, entry.create_revision, entry.mod_revision),
+            (42, 2, 3)
+        );
+        // Never a node, never eligible, never an owner, not a loose cluster key.
+        assert!(!v.nodes.contains_key(&s1));
+        assert!(!v.accepts_buckets(&s1));
+        assert_eq!(v.eligible().open.len(), 1);
+        assert!(v.eligible().open.iter().all(|e| e.node != s1));
+        v.put(&k, "ns/assign-10", b"dtable-server-s1", meta(4))
+            .unwrap();
+        assert!(v.owner(Bucket(0x10)).is_none());
+        assert_eq!(v.orphaned().len(), 1);
+        assert!(v.cluster_keys.is_empty());
+        assert!(!v.bucket_counts().contains_key(&s1));
+
+        v.delete(&k, "ns/dtable-cluster/slaves/dtable-server-s1");
+        assert!(v.slaves.is_empty());
+        assert_eq!(v.nodes.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_slave_values_are_reported_and_skipped() {
+        let k = KeyLayout::default();
+        let mut v = ClusterView::default();
+        let key = "dtable-cluster/slaves/dtable-server-s1";
+        let e = v.put(&k, key, b"{oops", meta(3)).unwrap_err();
+        assert!(e.problem.contains("bad slave record"), "{}", e.problem);
+        assert_eq!(v.corrupt_keys.get(key), Some(&3));
+        assert!(v.slaves.is_empty());
+
+        // A server's record (role missing = "server") is not a slave's.
+        let e = v
+            .put(&k, key, &record("dtable-server-s1"), meta(4))
+            .unwrap_err();
+        assert!(e.problem.contains("role"), "{}", e.problem);
+        assert!(v.slaves.is_empty());
+
+        // The node id must be valid and match the key.
+        assert!(
+            v.put(&k, "dtable-cluster/slaves/junk", &slave("junk"), meta(5))
+                .is_err()
+        );
+        assert!(v.put(&k, key, &slave("dtable-server-s2"), meta(6)).is_err());
+        assert!(v.slaves.is_empty());
+
+        // A good value replaces the bad one and clears the report.
+        v.put(&k, key, &slave("dtable-server-s1"), meta(7)).unwrap();
+        assert!(!v.corrupt_keys.contains_key(key));
+        assert_eq!(v.slaves.len(), 1);
+
+        // A slave's record at a server key is refused: it would be taken for an owner.
+        let e = v
+            .put(&k, "dtable-server-s3", &slave("dtable-server-s3"), meta(8))
+            .unwrap_err();
+        assert!(
+            e.problem.contains("dtable-cluster/slaves/"),
+            "{}",
+            e.problem
+        );
+        assert!(v.nodes.is_empty());
+        assert_eq!(v.corrupt_keys.get("dtable-server-s3"), Some(&8));
     }
 }

@@ -448,3 +448,109 @@ pub async fn put_assign(client: &Client, bucket: u8, node_id: &str) -> i64 {
         .expect("put assign key");
     resp.header().expect("header").revision()
 }
+
+/// Starts `dtable-agent --mode seatable` beside the self-registering server `node_id` whose
+/// local URL is `local_node_url`: it registers nothing, and revokes the server's own lease once
+/// the server is judged dead. Probes run every 200 ms; `extra` flags are added.
+pub fn spawn_seatable_agent(
+    etcd: &Etcd,
+    node_id: &str,
+    local_node_url: &str,
+    extra: &[&str],
+) -> Agent {
+    let mut flags = vec!["--mode", "seatable"];
+    flags.extend_from_slice(extra);
+    spawn_agent(etcd, node_id, 90, local_node_url, &flags)
+}
+
+/// Starts `dtable-agent --role slave` beside the slave `node_id` at `local_node_url`, with
+/// lease TTL `ttl` seconds: it registers the slave under `dtable-cluster/slaves/<node_id>`
+/// while the slave is healthy. Probes run every 200 ms; `extra` flags are added.
+pub fn spawn_slave_agent(
+    etcd: &Etcd,
+    node_id: &str,
+    ttl: u32,
+    local_node_url: &str,
+    extra: &[&str],
+) -> Agent {
+    let mut flags = vec!["--role", "slave"];
+    flags.extend_from_slice(extra);
+    spawn_agent(etcd, node_id, ttl, local_node_url, &flags)
+}
+
+/// Starts `dtable-server-sim --self-register` as `node_id` on a free port: it follows the
+/// assignment in `etcd` and registers itself at `<node_id>` under its own lease of `ttl`
+/// seconds, as SeaTable's enterprise dtable-server does. `extra` flags are added.
+pub fn spawn_self_registering_sim(etcd: &Etcd, node_id: &str, ttl: u32, extra: &[&str]) -> Sim {
+    let ttl = ttl.to_string();
+    let mut flags = vec!["--self-register", "--lease-ttl", ttl.as_str()];
+    flags.extend_from_slice(extra);
+    spawn_sim(etcd, node_id, &flags)
+}
+
+/// Starts `dtable-server-sim --role slave` as `node_id` on a free port, loading bases from
+/// `proxy_url` (`GET <proxy_url>/dtables/<uuid>`). `extra` flags are added.
+pub fn spawn_slave_sim(node_id: &str, proxy_url: &str, extra: &[&str]) -> Sim {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_ports(1)[0]).into();
+    let mut args = vec![
+        "--listen".to_owned(),
+        addr.to_string(),
+        "--node-id".to_owned(),
+        node_id.to_owned(),
+        "--role".to_owned(),
+        "slave".to_owned(),
+        "--proxy-url".to_owned(),
+        proxy_url.to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Sim {
+        proc: Proc::spawn("dtable-server-sim", &args, &[]),
+        node_id: node_id.to_owned(),
+        addr,
+        args,
+        event_log: None,
+    }
+}
+
+/// One key's value and lease, as etcd holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registered {
+    /// The value, parsed as JSON (`Null` if it is not JSON).
+    pub value: serde_json::Value,
+    /// The lease the key is attached to, 0 for none.
+    pub lease: i64,
+    /// The revision the key was created at.
+    pub create_revision: i64,
+}
+
+/// The key `key` (a node registration, say) with its lease, if present.
+pub async fn read_registration(client: &Client, key: &str) -> Option<Registered> {
+    let resp = client.clone().get(key, None).await.expect("read a key");
+    resp.kvs().first().map(|kv| Registered {
+        value: serde_json::from_slice(kv.value()).unwrap_or(serde_json::Value::Null),
+        lease: kv.lease(),
+        create_revision: kv.create_revision(),
+    })
+}
+
+/// The slave registrations under `dtable-cluster/slaves/`: node id → record and lease.
+pub async fn read_slaves(client: &Client) -> BTreeMap<String, Registered> {
+    let prefix = dtable_core::KeyLayout::default().slaves_prefix();
+    let resp = client
+        .clone()
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("read dtable-cluster/slaves/ keys");
+    resp.kvs()
+        .iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(kv.key());
+            let registered = Registered {
+                value: serde_json::from_slice(kv.value()).unwrap_or(serde_json::Value::Null),
+                lease: kv.lease(),
+                create_revision: kv.create_revision(),
+            };
+            (key.trim_start_matches(&prefix).to_owned(), registered)
+        })
+        .collect()
+}

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use dtable_testkit::cluster::{read_nodes, spawn_sim};
+use dtable_testkit::cluster::{
+    read_nodes, read_registration, read_slaves, spawn_self_registering_sim, spawn_sim,
+    spawn_slave_sim,
+};
 use dtable_testkit::{Etcd, Proc, run_to_exit, wait_until};
 
 async fn expect_64(args: &[String], names: &str) {
@@ -70,6 +73,165 @@ async fn bad_configuration_exits_64_naming_the_problem() {
     .await;
     // Unknown flag.
     expect_64(&args(&["--no-such-flag"]), "--no-such-flag").await;
+    // Modes and roles.
+    let mut bad_mode = args(&base);
+    bad_mode.extend(args(&["--node-id", "dtable-server-a", "--mode", "proxy"]));
+    expect_64(&bad_mode, "--mode").await;
+    let mut seatable_slave = args(&base);
+    seatable_slave.extend(args(&[
+        "--node-id",
+        "dtable-server-a",
+        "--mode",
+        "seatable",
+        "--role",
+        "slave",
+    ]));
+    expect_64(&seatable_slave, "--role").await;
+    // Seatable mode needs somewhere to probe.
+    expect_64(
+        &args(&[
+            "--etcd",
+            "127.0.0.1:1",
+            "--node-id",
+            "dtable-server-a",
+            "--mode",
+            "seatable",
+        ]),
+        "--local-node-url",
+    )
+    .await;
+}
+
+/// Writes a SeaTable-style config (JSON with comments) with the `cluster_config` fields given.
+fn write_config(dir: &std::path::Path, name: &str, fields: &[(&str, &str)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("        // {k}\n        \"{k}\": \"{v}\""))
+        .collect();
+    let text = format!(
+        "{{\n    // written by the test\n    \"cluster_config\": {{\n{}\n    }}\n}}\n",
+        body.join(",\n")
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_slave_config_file_drives_a_slave_agent() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let slave = spawn_slave_sim("dtable-server-slave-file", "http://127.0.0.1:9", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = etcd.endpoints_arg();
+    let url = slave.url();
+    let path = write_config(
+        dir.path(),
+        "dtable_server_slave_config.json",
+        &[
+            ("etcd_host_list", endpoints.as_str()),
+            ("node_id", "dtable-server-slave-file"),
+            ("node_url", "https://cloud.example/slave/"),
+            ("local_node_url", url.as_str()),
+        ],
+    );
+    let _agent = Proc::spawn(
+        "dtable-agent",
+        &args(&[
+            "--seatable-config",
+            &path,
+            "--role",
+            "slave",
+            "--lease-ttl",
+            "10",
+            "--http-listen",
+            "127.0.0.1:0",
+        ]),
+        &[],
+    );
+    wait_until(
+        "the slave registered from the file",
+        Duration::from_secs(10),
+        || async {
+            read_slaves(&client)
+                .await
+                .contains_key("dtable-server-slave-file")
+        },
+    )
+    .await;
+    let rec = &read_slaves(&client).await["dtable-server-slave-file"];
+    assert_eq!(rec.value["local_node_url"], slave.url());
+    assert_eq!(rec.value["node_url"], "https://cloud.example/slave/");
+    assert!(
+        read_nodes(&client).await.is_empty(),
+        "nothing at a server key"
+    );
+}
+
+#[tokio::test]
+async fn a_seatable_config_names_the_registration_a_seatable_agent_watches() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let mut sim = spawn_self_registering_sim(&etcd, "dtable-server-st-file", 30, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = etcd.endpoints_arg();
+    let url = sim.url();
+    // No node_url: the server registers its own record, the agent only probes.
+    let path = write_config(
+        dir.path(),
+        "dtable_server_config.json",
+        &[
+            ("etcd_host_list", endpoints.as_str()),
+            ("node_id", "dtable-server-st-file"),
+            ("local_node_url", url.as_str()),
+        ],
+    );
+    let agent = Proc::spawn(
+        "dtable-agent",
+        &args(&[
+            "--seatable-config",
+            &path,
+            "--mode",
+            "seatable",
+            "--health-interval",
+            "200ms",
+            "--http-listen",
+            "127.0.0.1:0",
+        ]),
+        &[],
+    );
+    wait_until(
+        "the agent sees the server's registration",
+        Duration::from_secs(10),
+        || async {
+            agent
+                .log()
+                .contains("the server's own registration is present")
+        },
+    )
+    .await;
+    let lease = read_registration(&client, "dtable-server-st-file")
+        .await
+        .expect("registered")
+        .lease;
+    sim.kill9();
+    wait_until(
+        "the dead server's lease revoked",
+        Duration::from_secs(10),
+        || async {
+            read_registration(&client, "dtable-server-st-file")
+                .await
+                .is_none()
+        },
+    )
+    .await;
+    let left = client
+        .clone()
+        .lease_time_to_live(lease, None)
+        .await
+        .unwrap()
+        .ttl();
+    assert_eq!(left, -1, "revoked, not expired");
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! The agent as a real process against a real etcd: registration, restarts, bad config.
+//! The agent as a real process against a real etcd: registration, restarts, bad config, and
+//! the seatable mode and slave role.
 
 mod chaos;
 mod config;
@@ -6,3 +7,5 @@ mod faults;
 mod harness;
 mod local_api;
 mod registration;
+mod seatable;
+mod slave;

@@ -1,6 +1,9 @@
 //! The sim's router: every route and layer put together, the shared request state, and the
 //! middleware that names the answering node on every response.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -30,6 +33,11 @@ pub(crate) struct AppState {
     pub(crate) sockets: SocketIndex,
     /// Cancelled when the sim shuts down, to end WebSocket sessions.
     pub(crate) shutdown: CancellationToken,
+    /// Requests answered on the base routes (the rows API included), for tests that count
+    /// how often a base was asked for.
+    pub(crate) base_requests: Arc<AtomicU64>,
+    /// With `--self-register`: the key registered and its current lease (0 while none).
+    pub(crate) registration: Option<(String, Arc<AtomicI64>)>,
 }
 
 /// The sim's whole router for `state`, and the socket.io handle to close at shutdown: ping,
@@ -69,9 +77,9 @@ async fn ping() -> &'static str {
     "pong"
 }
 
-/// `GET /_sim/state`: `{"node_id","mode","follows_etcd","revision","serve_for_ms",
-/// "storage_dir","owned":{"xx":epoch,...}}`, so a test can wait until the sim has seen an
-/// assignment.
+/// `GET /_sim/state`: `{"node_id","mode","role":"server","follows_etcd","revision",
+/// "serve_for_ms","storage_dir","base_requests","registration":{"key","lease"}|null,
+/// "owned":{"xx":epoch,...}}`, so a test can wait until the sim has seen an assignment.
 async fn sim_state(State(state): State<AppState>) -> Response {
     let own = &state.ownership;
     let owned: serde_json::Map<String, serde_json::Value> = own
@@ -86,6 +94,11 @@ async fn sim_state(State(state): State<AppState>) -> Response {
         "revision": own.revision(),
         "serve_for_ms": own.serve_for().map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         "storage_dir": state.bases.as_ref().map(|b| b.dir().display().to_string()),
+        "role": "server",
+        "base_requests": state.base_requests.load(Ordering::Relaxed),
+        "registration": state.registration.as_ref().map(|(key, lease)| {
+            json!({"key": key, "lease": lease.load(Ordering::SeqCst)})
+        }),
         "owned": owned,
     }))
     .into_response()

@@ -3,11 +3,28 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Parser;
 use clap::error::{ContextKind, ErrorKind};
+use clap::{Parser, ValueEnum};
 
-use super::SimOptions;
+use super::{SelfRegister, SimOptions, SlaveOptions};
+
+/// Default TTL of a self-registering sim's lease, as SeaTable's dtable-server uses.
+pub const DEFAULT_LEASE_TTL: i64 = 90;
+/// Default time a slave keeps a loaded base before loading it again.
+pub const DEFAULT_CACHE_TTL_MS: u64 = 5_000;
+
+/// What the sim stands in for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum SimRole {
+    /// A dtable-server: owns buckets and serves their bases.
+    #[default]
+    Server,
+    /// A dtable-server-slave: owns nothing, loads bases through the proxy and serves reads of
+    /// them from a short-lived cache.
+    Slave,
+}
 
 /// Exit status for invalid configuration (`EX_USAGE`), as every dtable-cluster binary uses.
 pub const CONFIG_EXIT_CODE: i32 = 64;
@@ -50,6 +67,40 @@ pub struct SimConfig {
     /// Key prefix in front of every cluster key in etcd (empty for SeaTable's layout).
     #[arg(long, env = "DTABLE_SIM_ETCD_PREFIX", default_value = "")]
     pub etcd_prefix: String,
+
+    /// Register `<node_id>` in etcd under the sim's own lease, as SeaTable's enterprise
+    /// dtable-server does with a `cluster_config` (needs `--etcd`). A kill -9 leaves the
+    /// registration until its TTL runs out.
+    #[arg(long, env = "DTABLE_SIM_SELF_REGISTER", requires = "etcd")]
+    pub self_register: bool,
+
+    /// TTL in seconds of the self-registration's lease, kept alive every TTL/3.
+    #[arg(long, env = "DTABLE_SIM_LEASE_TTL", default_value_t = DEFAULT_LEASE_TTL,
+        value_parser = clap::value_parser!(i64).range(2..))]
+    pub lease_ttl: i64,
+
+    /// `node_url` of the self-registration; defaults to the local node URL.
+    #[arg(long, env = "DTABLE_SIM_NODE_URL")]
+    pub node_url: Option<String>,
+
+    /// `local_node_url` of the self-registration; defaults to `http://<listen address>/`.
+    #[arg(long, env = "DTABLE_SIM_LOCAL_NODE_URL")]
+    pub local_node_url: Option<String>,
+
+    /// `server` (a dtable-server) or `slave` (a dtable-server-slave: read-only, loads bases
+    /// through `--proxy-url`, owns nothing, never touches the storage).
+    #[arg(long, env = "DTABLE_SIM_ROLE", value_enum, default_value_t = SimRole::Server)]
+    pub role: SimRole,
+
+    /// Where a slave loads bases from: `GET <proxy-url>/dtables/<uuid>` (the proxy, or in
+    /// tests an owning sim directly). Required with `--role slave`.
+    #[arg(long, env = "DTABLE_SIM_PROXY_URL", value_parser = parse_http_url,
+        required_if_eq("role", "slave"))]
+    pub proxy_url: Option<String>,
+
+    /// How long, in milliseconds, a slave serves a loaded base before loading it again.
+    #[arg(long, env = "DTABLE_SIM_CACHE_TTL_MS", default_value_t = DEFAULT_CACHE_TTL_MS)]
+    pub cache_ttl_ms: u64,
 }
 
 impl SimConfig {
@@ -63,12 +114,49 @@ impl SimConfig {
                 .collect();
             (endpoints, self.etcd_prefix.clone())
         });
+        let self_register = self.self_register.then(|| SelfRegister {
+            ttl: self.lease_ttl,
+            node_url: self.node_url.clone(),
+            local_node_url: self.local_node_url.clone(),
+        });
+        let slave = match (self.role, &self.proxy_url) {
+            (SimRole::Slave, Some(proxy_url)) => Some(SlaveOptions {
+                proxy_url: proxy_url.clone(),
+                cache_ttl: Duration::from_millis(self.cache_ttl_ms),
+            }),
+            _ => None,
+        };
         SimOptions {
             node_id: self.node_id.clone(),
             etcd,
             agent: self.agent.clone(),
             storage_dir: self.storage_dir.clone(),
             event_log: self.event_log.clone(),
+            self_register,
+            slave,
+        }
+    }
+
+    /// Checks what clap cannot: a slave follows nothing and has no storage. Returns one line
+    /// naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.role != SimRole::Slave {
+            return Ok(());
+        }
+        let clash = [
+            ("--etcd", self.etcd.is_some()),
+            ("--agent", self.agent.is_some()),
+            ("--storage-dir", self.storage_dir.is_some()),
+            ("--self-register", self.self_register),
+        ]
+        .into_iter()
+        .find(|(_, given)| *given);
+        match clash {
+            Some((flag, _)) => Err(format!(
+                "invalid configuration: {flag}: not with --role slave (a slave owns nothing, \
+                 follows nothing and loads bases through --proxy-url only)"
+            )),
+            None => Ok(()),
         }
     }
 
@@ -77,7 +165,13 @@ impl SimConfig {
     /// with [`CONFIG_EXIT_CODE`].
     pub fn parse_or_exit() -> SimConfig {
         match SimConfig::try_parse() {
-            Ok(config) => config,
+            Ok(config) => match config.validate() {
+                Ok(()) => config,
+                Err(line) => {
+                    eprintln!("{line}");
+                    std::process::exit(CONFIG_EXIT_CODE);
+                }
+            },
             Err(err)
                 if matches!(
                     err.kind(),
@@ -112,6 +206,13 @@ fn parse_agent_url(value: &str) -> Result<String, String> {
         return Err("want http://host:port, e.g. http://127.0.0.1:5570".to_owned());
     }
     Ok(value.to_owned())
+}
+
+/// A slave's `--proxy-url`: an `http://` or `https://` URL with a host.
+fn parse_http_url(value: &str) -> Result<String, String> {
+    parse_agent_url(value)
+        .map(|_| value.trim_end_matches('/').to_owned())
+        .map_err(|_| "want http://host:port, e.g. http://127.0.0.1:5550".to_owned())
 }
 
 /// One line naming the bad field, e.g.
@@ -192,6 +293,76 @@ mod tests {
         assert_eq!(options.storage_dir, Some(PathBuf::from("/tmp/s")));
         assert_eq!(options.event_log, Some(PathBuf::from("/tmp/e.jsonl")));
         assert!(options.etcd.is_none());
+    }
+
+    #[test]
+    fn parses_self_register_and_slave() {
+        let config = SimConfig::try_parse_from([
+            "sim",
+            "--node-id",
+            "dtable-server-a",
+            "--etcd",
+            "127.0.0.1:1",
+            "--self-register",
+            "--lease-ttl",
+            "30",
+        ])
+        .expect("valid");
+        let reg = config.options().self_register.expect("self-registers");
+        assert_eq!(reg.ttl, 30);
+        assert_eq!(reg.local_node_url, None);
+        assert!(config.options().slave.is_none());
+
+        let config = SimConfig::try_parse_from([
+            "sim",
+            "--node-id",
+            "dtable-server-s",
+            "--role",
+            "slave",
+            "--proxy-url",
+            "http://127.0.0.1:5550/",
+        ])
+        .expect("valid");
+        config.validate().expect("a valid slave");
+        let slave = config.options().slave.expect("a slave");
+        assert_eq!(slave.proxy_url, "http://127.0.0.1:5550");
+        assert_eq!(slave.cache_ttl, Duration::from_millis(DEFAULT_CACHE_TTL_MS));
+        assert!(config.options().self_register.is_none());
+    }
+
+    #[test]
+    fn bad_self_register_and_slave_flags_name_the_field() {
+        let line = error_line(&["sim", "--node-id", "x", "--self-register"]);
+        assert!(line.contains("--etcd"), "{line}");
+        let line = error_line(&["sim", "--node-id", "x", "--role", "slave"]);
+        assert!(line.contains("--proxy-url"), "{line}");
+        let line = error_line(&[
+            "sim",
+            "--node-id",
+            "x",
+            "--role",
+            "slave",
+            "--proxy-url",
+            "127.0.0.1:1",
+        ]);
+        assert!(line.contains("--proxy-url"), "{line}");
+        let config = SimConfig::try_parse_from([
+            "sim",
+            "--node-id",
+            "x",
+            "--role",
+            "slave",
+            "--proxy-url",
+            "http://127.0.0.1:1",
+            "--storage-dir",
+            "/tmp/s",
+        ])
+        .expect("parses");
+        let line = config.validate().unwrap_err();
+        assert!(
+            line.contains("--storage-dir") && !line.contains('\n'),
+            "{line}"
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! `dtable-server-sim`, the stand-in dtable-server for tests, benchmarks and the demo.
 //!
-//! Version 3. It owns buckets: all of them at epoch 0 alone, those etcd's `assign-<xx>` names
-//! it in (`--etcd`), or those its local agent pushes under a serving lease it enforces
-//! itself (`--agent`, see `agent.rs`). A request for a base whose bucket it does not serve
+//! Version 4. It owns buckets: all of them at epoch 0 alone, those etcd's `assign-<xx>` names
+//! it in (`--etcd`, and with `--self-register` it also registers itself at `<node_id>` under
+//! its own lease, as SeaTable's enterprise dtable-server does: see `register.rs`), or those
+//! its local agent pushes under a serving lease it enforces itself (`--agent`, see
+//! `agent.rs`). With `--role slave` it is a read replica instead: it owns nothing, loads bases
+//! through `--proxy-url`, and serves reads of them from a short-lived cache (see `slave.rs`). A request for a base whose bucket it does not serve
 //! gets 409 and `X-Dtable-Not-Owner: 1` and changes nothing. With `--storage-dir` it keeps
 //! bases in memory, loaded from the shared storage on first use and written through at the
 //! bucket epoch before every acknowledged write (see [`crate::store`]); with `--event-log` it
@@ -19,27 +22,32 @@
 //! | `POST /_sim/upload` | `{"bytes","sha256"}` of the body, read as a stream |
 //! | `GET /_sim/download?bytes=N&seed=S` | N bytes of [`pattern_chunk`], streamed |
 //! | `GET /_sim/ws` | WebSocket: `hello from <node_id>`, then an echo |
-//! | `GET /_sim/state` | `{"node_id","mode","follows_etcd","revision","serve_for_ms","storage_dir","owned":{"xx":epoch}}` |
+//! | `GET /_sim/state` | `{"node_id","mode","role","follows_etcd","revision","serve_for_ms","storage_dir","base_requests","registration","owned":{"xx":epoch}}` |
 //! | `/socket.io/?dtable_uuid=<uuid>` | socket.io; `join-room` → ack + `joined` |
 //!
 //! # Base routes
 //! A malformed UUID gets 400 JSON; `?delay_ms=N` (N ≤ 30000) waits N ms, then a base whose
 //! bucket the sim does not own gets 409 `{"error":"not_owner","bucket","node_id"}`; otherwise
 //! 200 `{"node_id","dtable_uuid","method","path","epoch","request_epoch","forwarded_for",
-//! "forwarded_proto","forwarded_host","body_bytes"}`.
+//! "forwarded_proto","forwarded_host","body_bytes"}`, and with `--storage-dir` a `GET` of
+//! `/dtables/<uuid>` itself adds `"rows":[...]`, the base's content.
 
 mod agent;
 mod app;
 mod bases;
 mod config;
 mod ownership;
+mod register;
 mod routes;
 mod rows;
+mod slave;
 mod socketio;
 mod stream;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use dtable_core::Bucket;
@@ -48,9 +56,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use agent::{BACKOFF_MAX, BACKOFF_MIN};
 pub use app::NODE_HEADER;
-pub use config::{CONFIG_EXIT_CODE, SimConfig};
+pub use config::{CONFIG_EXIT_CODE, DEFAULT_CACHE_TTL_MS, DEFAULT_LEASE_TTL, SimConfig, SimRole};
 pub use ownership::{Ownership, Source, Term};
 pub use routes::{EPOCH_HEADER, MAX_DELAY_MS, NOT_OWNER_HEADER};
+pub use slave::SLAVE_HEADER;
 pub use socketio::{JOIN_EVENT, JOINED_EVENT, MISMATCH_EVENT, SOCKETIO_PATH};
 pub use stream::{DOWNLOAD_CHUNK, pattern_chunk, pattern_sha256};
 
@@ -74,6 +83,12 @@ pub enum SimError {
     /// Both `--etcd` and `--agent` were given.
     #[error("follow either etcd or an agent, not both")]
     TwoSources,
+    /// `--self-register` without `--etcd`, or with a node id the cluster cannot see.
+    #[error("--self-register: {0}")]
+    SelfRegister(String),
+    /// `--role slave` with an option a slave does not take.
+    #[error("--role slave: {0}")]
+    Slave(String),
     /// The storage directory cannot be created.
     #[error("storage directory {path}: {source}")]
     StorageDir {
@@ -109,6 +124,40 @@ pub struct SimOptions {
     pub storage_dir: Option<PathBuf>,
     /// The JSON-lines event log to append to; `None` logs no events.
     pub event_log: Option<PathBuf>,
+    /// Register `<node_id>` in etcd under the sim's own lease (needs `etcd`).
+    pub self_register: Option<SelfRegister>,
+    /// Be a slave (read replica) instead of a server: owns nothing, needs no etcd.
+    pub slave: Option<SlaveOptions>,
+}
+
+/// How a sim registers itself, as SeaTable's enterprise dtable-server does.
+#[derive(Clone, Debug)]
+pub struct SelfRegister {
+    /// Lease TTL in seconds; the lease is kept alive every TTL/3.
+    pub ttl: i64,
+    /// The record's `node_url`; the local node URL when `None`.
+    pub node_url: Option<String>,
+    /// The record's `local_node_url`; `http://<listen address>/` when `None`.
+    pub local_node_url: Option<String>,
+}
+
+impl Default for SelfRegister {
+    fn default() -> Self {
+        SelfRegister {
+            ttl: config::DEFAULT_LEASE_TTL,
+            node_url: None,
+            local_node_url: None,
+        }
+    }
+}
+
+/// How a slave sim loads bases.
+#[derive(Clone, Debug)]
+pub struct SlaveOptions {
+    /// Base URL bases are loaded from, without a trailing slash: `GET <proxy_url>/dtables/<uuid>`.
+    pub proxy_url: String,
+    /// How long a loaded base is served before it is loaded again.
+    pub cache_ttl: Duration,
 }
 
 impl SimOptions {
@@ -142,6 +191,40 @@ impl SimOptions {
         }
     }
 
+    /// A sim that follows the assignment in etcd and registers itself at `<node_id>` under
+    /// its own lease of `ttl` seconds, as SeaTable's enterprise dtable-server does.
+    pub fn self_registering(
+        node_id: impl Into<String>,
+        endpoints: Vec<String>,
+        prefix: impl Into<String>,
+        ttl: i64,
+    ) -> SimOptions {
+        SimOptions {
+            self_register: Some(SelfRegister {
+                ttl,
+                ..SelfRegister::default()
+            }),
+            ..SimOptions::following(node_id, endpoints, prefix)
+        }
+    }
+
+    /// A slave: owns nothing, loads bases from `proxy_url` and keeps them for `cache_ttl`.
+    pub fn slave(
+        node_id: impl Into<String>,
+        proxy_url: impl Into<String>,
+        cache_ttl: Duration,
+    ) -> SimOptions {
+        let proxy_url: String = proxy_url.into();
+        SimOptions {
+            node_id: node_id.into(),
+            slave: Some(SlaveOptions {
+                proxy_url: proxy_url.trim_end_matches('/').to_owned(),
+                cache_ttl,
+            }),
+            ..SimOptions::default()
+        }
+    }
+
     /// The same, keeping bases in `dir` (created if missing).
     pub fn with_storage(mut self, dir: impl Into<PathBuf>) -> SimOptions {
         self.storage_dir = Some(dir.into());
@@ -159,8 +242,12 @@ impl SimOptions {
 /// its ownership running.
 pub struct SimServer {
     router: Router,
-    io: SocketIo,
+    /// The socket.io handle to close at shutdown; a slave has none.
+    io: Option<SocketIo>,
     handle: SimHandle,
+    /// With `--self-register`, the registration to start once the address is known, and the
+    /// token that stops it.
+    registration: Option<(register::SelfRegistration, CancellationToken)>,
     /// Stops the etcd watch or agent follower and the bucket-lost handler when the server
     /// is done or dropped.
     tasks: DropGuard,
@@ -188,6 +275,9 @@ impl SimServer {
         if options.etcd.is_some() && options.agent.is_some() {
             return Err(SimError::TwoSources);
         }
+        if let Some(slave) = &options.slave {
+            return SimServer::new_slave(&options, slave.clone());
+        }
         let log = match &options.event_log {
             None => EventLog::disabled(node_id),
             Some(path) => EventLog::open(path, node_id).map_err(|source| SimError::EventLog {
@@ -206,6 +296,26 @@ impl SimServer {
             }
         };
         let tasks = CancellationToken::new();
+        let registration = match (&options.self_register, &options.etcd) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(SimError::SelfRegister(
+                    "needs --etcd to register in".to_owned(),
+                ));
+            }
+            (Some(reg), Some((endpoints, prefix))) => {
+                let id = dtable_core::NodeId::new(node_id)
+                    .map_err(|e| SimError::SelfRegister(e.to_string()))?;
+                let opts = dtable_core::etcd::EtcdOptions {
+                    endpoints: endpoints.clone(),
+                    ..Default::default()
+                };
+                let client = dtable_core::etcd::connect(&opts).await?;
+                let keys = dtable_core::KeyLayout::new(prefix.clone());
+                let r = register::SelfRegistration::new(client, &keys, id, reg.clone());
+                Some((r, tasks.child_token()))
+            }
+        };
         let ownership = match (&options.etcd, &options.agent) {
             (Some((endpoints, prefix)), _) => {
                 let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
@@ -219,6 +329,10 @@ impl SimServer {
             bases,
             sockets: SocketIndex::default(),
             shutdown: tasks.child_token(),
+            base_requests: Arc::default(),
+            registration: registration
+                .as_ref()
+                .map(|(r, _)| (r.key().to_owned(), r.lease())),
         };
         if let Some(url) = &options.agent {
             let follower = agent::AgentFollower::new(url, state.clone())?;
@@ -230,8 +344,42 @@ impl SimServer {
         }
         Ok(SimServer {
             router,
-            io,
+            io: Some(io),
             handle: SimHandle { state },
+            registration,
+            tasks: tasks.drop_guard(),
+        })
+    }
+
+    /// A slave: no ownership source, no storage, no socket.io; the slave router.
+    fn new_slave(options: &SimOptions, slave: SlaveOptions) -> Result<SimServer, SimError> {
+        let clash = [
+            ("--etcd", options.etcd.is_some()),
+            ("--agent", options.agent.is_some()),
+            ("--storage-dir", options.storage_dir.is_some()),
+            ("--self-register", options.self_register.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, given)| *given);
+        if let Some((flag, _)) = clash {
+            return Err(SimError::Slave(format!("a slave takes no {flag}")));
+        }
+        let node_id = options.node_id.as_str();
+        let tasks = CancellationToken::new();
+        let state = AppState {
+            ownership: Ownership::nothing(node_id, EventLog::disabled(node_id)),
+            bases: None,
+            sockets: SocketIndex::default(),
+            shutdown: tasks.child_token(),
+            base_requests: Arc::default(),
+            registration: None,
+        };
+        let router = slave::router(slave::SlaveState::new(node_id, slave))?;
+        Ok(SimServer {
+            router,
+            io: None,
+            handle: SimHandle { state },
+            registration: None,
             tasks: tasks.drop_guard(),
         })
     }
@@ -255,20 +403,28 @@ impl SimServer {
         let addr = listener.local_addr()?;
         let node_id = self.handle.node_id().to_owned();
         let mode = self.handle.state.ownership.source().name();
-        tracing::info!(%addr, node_id, mode, "dtable-server-sim listening");
+        tracing::info!(%addr, node_id, mode, self_register = self.registration.is_some(), "dtable-server-sim listening");
+        let registered = self
+            .registration
+            .map(|(r, stop)| tokio::spawn(r.run(addr, stop)));
         let io = self.io;
         let sessions = self.handle.state.shutdown.clone();
         let stop = async move {
             shutdown.await;
             sessions.cancel();
-            io.close().await;
+            if let Some(io) = io {
+                io.close().await;
+            }
         };
         let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(stop)
             .await;
         // Stop following first, so that nothing is owned again, then give everything up and
-        // write the bases back.
+        // write the bases back. A self-registered sim revokes its lease as it leaves.
         self.tasks.disarm().cancel();
+        if let Some(task) = registered {
+            let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+        }
         let state = &self.handle.state;
         state.ownership.disown_all("shutting down");
         if let Some(bases) = &state.bases {

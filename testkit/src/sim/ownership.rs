@@ -38,15 +38,18 @@ pub enum Source {
     Etcd,
     /// The local agent's `Watch` stream.
     Agent,
+    /// Nothing: a slave owns no bucket.
+    Slave,
 }
 
 impl Source {
-    /// `alone`, `etcd` or `agent`.
+    /// `alone`, `etcd`, `agent` or `slave`.
     pub fn name(self) -> &'static str {
         match self {
             Source::Alone => "alone",
             Source::Etcd => "etcd",
             Source::Agent => "agent",
+            Source::Slave => "slave",
         }
     }
 }
@@ -125,6 +128,11 @@ impl Ownership {
         let view = view_rx.borrow().clone();
         own.apply_view(&view);
         own
+    }
+
+    /// Owns nothing, ever: the sim with `--role slave`.
+    pub fn nothing(node_id: &str, log: EventLog) -> Ownership {
+        Ownership::new(node_id, Source::Slave, log, None)
     }
 
     /// Owns nothing until the agent says so: the sim with `--agent`.

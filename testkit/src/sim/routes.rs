@@ -1,6 +1,8 @@
 //! The base routes (`/dtables/<uuid>` and the API paths under it): check the UUID, optionally
 //! wait, check ownership, and describe the request back as JSON (the rows API in `rows.rs`
-//! takes the `…/rows/` paths). Also the JSON errors every part of the sim answers with.
+//! takes the `…/rows/` paths). With a storage directory, `GET /dtables/<uuid>` also loads
+//! the base and answers its `rows`, as dtable-server answers a base's content: that is what a
+//! slave loads through the proxy. Also the JSON errors every part of the sim answers with.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -103,7 +105,7 @@ impl IntoResponse for RequestError {
 
 /// Every path shape dtable-server serves a base under. `{*rest}` needs at least one character,
 /// so each shape also has its bare trailing-slash form.
-const BASE_PATHS: &[&str] = &[
+pub(crate) const BASE_PATHS: &[&str] = &[
     "/dtables/{uuid}",
     "/dtables/{uuid}/",
     "/dtables/{uuid}/{*rest}",
@@ -122,7 +124,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .fold(Router::new(), |router, path| router.route(path, any(base)))
 }
 
-/// Describes the request back once the base is found owned (after the optional delay).
+/// Describes the request back once the base is found owned (after the optional delay); a
+/// `GET` of the base itself (`/dtables/<uuid>[/]`) with storage also carries its `rows`.
 async fn base(
     State(state): State<AppState>,
     method: Method,
@@ -130,9 +133,47 @@ async fn base(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    describe(state, method, uri, headers, body)
+    let whole_base = matches!(method, Method::GET | Method::HEAD) && is_base_itself(uri.path());
+    let described = describe(state.clone(), method, uri, headers, body).await;
+    match described {
+        Ok(response) if whole_base && state.bases.is_some() => with_rows(&state, response)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether `path` is `/dtables/<uuid>` or `/dtables/<uuid>/`.
+fn is_base_itself(path: &str) -> bool {
+    path.strip_prefix("/dtables/")
+        .is_some_and(|rest| !rest.trim_end_matches('/').contains('/'))
+}
+
+/// Adds the base's rows, loaded as the rows API loads them, to a description.
+async fn with_rows(state: &AppState, described: Response) -> Result<Response, RequestError> {
+    let Some(bases) = &state.bases else {
+        return Ok(described);
+    };
+    let body = axum::body::to_bytes(described.into_body(), usize::MAX)
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+        .map_err(RequestError::BadBody)?;
+    let mut description: Value =
+        serde_json::from_slice(&body).map_err(|e| RequestError::Storage(e.to_string()))?;
+    let uuid = description["dtable_uuid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (uuid, bucket) = parse_base(&uuid)?;
+    let rows = bases
+        .rows(&state.ownership, bucket, &uuid)
+        .await
+        .map_err(|e| match e {
+            super::bases::BaseError::Storage(e) => RequestError::Storage(e.to_string()),
+            _ => not_owner(state, bucket),
+        })?;
+    description["rows"] = Value::from(rows.into_iter().map(Value::Object).collect::<Vec<_>>());
+    Ok(axum::Json(description).into_response())
 }
 
 /// The work of [`base`], with errors as values: describes the request back.
@@ -143,6 +184,9 @@ pub(crate) async fn describe(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, RequestError> {
+    state
+        .base_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let raw = uuid_segment(uri.path())
         .ok_or_else(|| RequestError::MalformedUuid("no base UUID after `dtables`".to_owned()))?;
     let (uuid, bucket) = parse_base(raw)?;
@@ -174,7 +218,7 @@ pub(crate) async fn describe(
 }
 
 /// The path segment after the first `dtables` segment.
-fn uuid_segment(path: &str) -> Option<&str> {
+pub(crate) fn uuid_segment(path: &str) -> Option<&str> {
     let mut segments = path.split('/');
     segments.find(|s| *s == "dtables")?;
     segments.next()
@@ -256,6 +300,14 @@ mod tests {
         assert_eq!(uuid_segment("/api/v1/dtables/ab/rows/"), Some("ab"));
         assert_eq!(uuid_segment("/dtables/"), Some(""));
         assert_eq!(uuid_segment("/ping/"), None);
+    }
+
+    #[test]
+    fn tells_the_base_itself_from_paths_under_it() {
+        assert!(is_base_itself("/dtables/ab"));
+        assert!(is_base_itself("/dtables/ab/"));
+        assert!(!is_base_itself("/dtables/ab/x"));
+        assert!(!is_base_itself("/api/v1/dtables/ab/"));
     }
 
     #[test]

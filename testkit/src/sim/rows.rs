@@ -73,6 +73,9 @@ async fn rows(
     if state.bases.is_none() {
         return echo(state, method, uri, headers, body).await;
     }
+    state
+        .base_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     respond(serve(state, path, method, uri, body).await)
 }
 

@@ -7,6 +7,8 @@ mod process;
 mod sim;
 mod sim_agent;
 mod sim_rows;
+mod sim_self_register;
+mod sim_slave;
 mod sim_socketio;
 mod sim_stream;
 
