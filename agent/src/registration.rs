@@ -152,6 +152,7 @@ pub fn node_record(cfg: &AgentConfig) -> NodeRecord {
         weight: cfg.weight,
         version: env!("CARGO_PKG_VERSION").into(),
         started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        agent: Some(dtable_core::node::AGENT_MANAGED.into()),
     }
 }
 

@@ -130,14 +130,17 @@ impl LeaderMemory {
     }
 }
 
-/// Splits placement moves: buckets whose owner is a live node move by handoff; the others
-/// (unassigned, or owned by a node that is gone) are written directly.
+/// Splits placement moves: buckets whose owner is a live node registered by a managed agent
+/// move by handoff; the others (unassigned, owned by a node that is gone, or by a server that
+/// registered itself and so acknowledges no release) are written directly.
 pub fn split(view: &ClusterView, moves: Vec<Move>) -> (Vec<Move>, Vec<(Bucket, NodeId, NodeId)>) {
     let mut direct = Vec::new();
     let mut handoffs = Vec::new();
     for m in moves {
         match (&m.from, &m.to) {
-            (Some(from), Some(to)) if view.nodes.contains_key(from) => {
+            (Some(from), Some(to))
+                if view.nodes.get(from).is_some_and(|n| n.record.hands_off()) =>
+            {
                 handoffs.push((m.bucket, from.clone(), to.clone()));
             }
             _ => direct.push(m),

@@ -110,7 +110,17 @@ pub struct NodeRecord {
     /// RFC 3339 wall-clock time of registration, for humans only.
     #[serde(default)]
     pub started_at: String,
+    /// [`AGENT_MANAGED`] when a `dtable-agent` in managed mode registered the node: its server
+    /// follows the agent's push API and acknowledges releases, so its buckets move by
+    /// release-then-acquire handoff. Absent when the server registered itself (SeaTable's own
+    /// cluster mode): nothing would acknowledge a release, so its buckets are reassigned
+    /// directly, as SeaTable's cluster monitor does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
+
+/// The `agent` of a record registered by a managed agent.
+pub const AGENT_MANAGED: &str = "managed";
 
 fn default_role() -> String {
     ROLE_SERVER.to_owned()
@@ -124,6 +134,11 @@ fn default_weight() -> u32 {
 pub const MAX_WEIGHT: u32 = 1000;
 
 impl NodeRecord {
+    /// Whether the node's releases are acknowledged, so its buckets can move by handoff.
+    pub fn hands_off(&self) -> bool {
+        self.agent.as_deref() == Some(AGENT_MANAGED)
+    }
+
     /// Parses and validates a record read from etcd under `key_node_id`.
     pub fn from_json(key_node_id: &str, value: &[u8]) -> Result<NodeRecord, NodeError> {
         let record: NodeRecord =
@@ -200,6 +215,7 @@ mod tests {
             weight: 3,
             version: "0.1.0".into(),
             started_at: "2026-01-01T00:00:00Z".into(),
+            agent: Some(AGENT_MANAGED.into()),
         };
         let json = rec.to_json();
         assert!(json.contains(r#""state":"draining""#), "{json}");

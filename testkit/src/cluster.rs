@@ -431,6 +431,8 @@ pub async fn put_node(client: &Client, node_id: &str, local_node_url: &str) {
         "role": "server",
         "state": "active",
         "weight": 1,
+        // As a managed agent registers it: its buckets move by handoff.
+        "agent": "managed",
     });
     client
         .clone()

@@ -27,6 +27,7 @@ pub async fn register(client: &mut Client, keys: &KeyLayout, node: &NodeId) -> a
         weight: 1,
         version: env!("CARGO_PKG_VERSION").into(),
         started_at: String::new(),
+        agent: Some(dtable_core::node::AGENT_MANAGED.into()),
     };
     tokio::time::timeout(
         WAIT_LIMIT,

@@ -8,6 +8,7 @@ mod intents;
 mod membership;
 mod repair;
 mod security;
+mod self_registered;
 mod status_page;
 
 use std::time::Duration;

@@ -131,6 +131,8 @@ impl SelfRegistration {
             weight: 1,
             version: format!("sim-{}", env!("CARGO_PKG_VERSION")),
             started_at: rfc3339(SystemTime::now()),
+            // Like SeaTable's own server: no agent acknowledges its releases.
+            agent: None,
         }
         .to_json()
     }
