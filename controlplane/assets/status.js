@@ -186,8 +186,15 @@
     return counts;
   }
 
+  /** Whether a listed node is a read replica (a slave): it owns no bucket, so the grid and
+   * its legend never show it; the node table does. */
+  function isSlave(node) {
+    return !!node && node.role === "slave";
+  }
+
   function renderLegend(counts) {
-    const ids = new Set([...state.nodes.keys(), ...counts.keys()]);
+    const servers = [...state.nodes.keys()].filter((id) => !isSlave(state.nodes.get(id)));
+    const ids = new Set([...servers, ...counts.keys()]);
     const items = [];
     for (const id of [...ids].sort()) {
       const li = el("li");
@@ -226,16 +233,31 @@
 
   function renderNodes(counts) {
     const rows = [];
-    const ids = [...state.nodes.keys()].sort();
+    // Servers first, then slaves, each in node-id order (as the API lists them).
+    const ids = [...state.nodes.keys()].sort((a, b) => {
+      const sa = isSlave(state.nodes.get(a));
+      const sb = isSlave(state.nodes.get(b));
+      if (sa !== sb) return sa ? 1 : -1;
+      return a < b ? -1 : a > b ? 1 : 0;
+    });
+    let slaves = 0;
     for (const id of ids) {
       const n = state.nodes.get(id);
-      const tr = el("tr");
+      const slave = isSlave(n);
+      if (slave) slaves++;
+      const tr = el("tr", slave ? "slave" : "");
       tr.dataset.node = id;
+      tr.dataset.role = slave ? "slave" : "server";
       const idTd = el("td", "node");
       const name = el("span", "mono");
-      const sw = el("span", "swatch");
-      paint(sw, id);
-      name.append(sw, " ", id);
+      if (slave) {
+        name.append(id);
+      } else {
+        // The colour of its buckets on the grid; a slave has none.
+        const sw = el("span", "swatch");
+        paint(sw, id);
+        name.append(sw, " ", id);
+      }
       idTd.appendChild(name);
       for (const [label, url] of [["node_url", n.node_url], ["local", n.local_node_url]]) {
         const s = el("span", "url", `${label} `);
@@ -244,14 +266,21 @@
         idTd.appendChild(s);
       }
       tr.appendChild(idTd);
+      const role = el("td", "role");
+      role.appendChild(el("span", `role-badge role-${slave ? "slave" : "server"}`, slave ? "slave" : "server"));
+      tr.appendChild(role);
+      const health = el("td", "health");
+      const healthy = n.healthy !== false;
+      health.appendChild(el("span", healthy ? "health-ok" : "health-bad", healthy ? "healthy" : "unhealthy"));
+      tr.appendChild(health);
       const st = el("td");
       st.appendChild(el("span", n.state === "draining" ? "state-draining" : "", n.state || "—"));
       if (n.cordoned) st.appendChild(el("span", "flag cordoned", "cordoned"));
       if (n.draining) st.appendChild(el("span", "flag draining", "draining"));
-      if (n.healthy === false) st.appendChild(el("span", "flag unhealthy", "unhealthy"));
       tr.appendChild(st);
       tr.appendChild(el("td", "num", String(n.weight ?? "—")));
-      tr.appendChild(el("td", "num", String(counts.get(id) || 0)));
+      // A slave owns no bucket: a dash, not a zero that reads like an empty server.
+      tr.appendChild(el("td", "num", slave ? "—" : String(counts.get(id) || 0)));
       const ttl = el("td", "num ttl");
       renderTtl(ttl, n);
       tr.appendChild(ttl);
@@ -261,12 +290,15 @@
     if (!rows.length) {
       const tr = el("tr", "empty");
       const td = el("td", "", "no node is registered");
-      td.colSpan = 6;
+      td.colSpan = 8;
       tr.appendChild(td);
       rows.push(tr);
     }
     $("nodes").replaceChildren(...rows);
-    $("node-summary").textContent = `${ids.length} registered`;
+    const servers = ids.length - slaves;
+    $("node-summary").textContent = slaves
+      ? `${servers} ${servers === 1 ? "server" : "servers"} · ${slaves} ${slaves === 1 ? "slave" : "slaves"}`
+      : `${ids.length} registered`;
   }
 
   function shortTime(iso) {

@@ -129,13 +129,13 @@ impl ApiState {
         Ok(self.view()?.lookup(uuid)?)
     }
 
-    /// The registered nodes of `view`, with their lease TTLs.
+    /// The registered servers and slaves of `view`, with their lease TTLs.
     pub async fn nodes_of(&self, view: &ClusterView) -> Vec<NodeInfo> {
-        let ttls = self.ttls.get(view.nodes.values().map(|n| n.lease)).await;
+        let ttls = self.ttls.get(NodeInfo::leases(view)).await;
         NodeInfo::all(view, &ttls)
     }
 
-    /// The registered nodes now.
+    /// The registered servers and slaves now.
     pub async fn nodes(&self) -> Result<(i64, Vec<NodeInfo>), ApiError> {
         let view = self.view()?;
         Ok((view.revision, self.nodes_of(&view).await))
@@ -244,11 +244,17 @@ impl ApiState {
     }
 
     /// The node `raw` names, if it is registered or has a cordon key (so that a departed
-    /// node's cordon can still be lifted).
+    /// node's cordon can still be lifted). A slave (registered as one and not as a server)
+    /// is refused unless it has a cordon key to lift: slaves own no buckets.
     fn known_node(&self, view: &ClusterView, raw: &str) -> Result<NodeId, ApiError> {
         let node = NodeId::new(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         if view.nodes.contains_key(&node) || view.cordons.contains_key(&node) {
             Ok(node)
+        } else if view.slaves.contains_key(&node) {
+            Err(ApiError::BadRequest(format!(
+                "{node} is a dtable-server-slave: slaves own no buckets, so there is nothing to \
+                 cordon, drain or uncordon (stop its agent to take it out of the slave pool)"
+            )))
         } else {
             Err(ApiError::UnknownNode(node.to_string()))
         }
@@ -259,6 +265,13 @@ impl ApiState {
     pub async fn set_cordon(&self, node: &str, mode: CordonMode) -> Result<IntentDone, ApiError> {
         let view = self.view()?;
         let node = self.known_node(&view, node)?;
+        if view.slaves.contains_key(&node) && !view.nodes.contains_key(&node) {
+            // A leftover cordon of a slave id can be lifted, but no new one written.
+            return Err(ApiError::BadRequest(format!(
+                "{node} is a dtable-server-slave: slaves own no buckets, so there is nothing to \
+                 cordon or drain"
+            )));
+        }
         let key = format!("{CLUSTER_PREFIX}{}", cordon_name(&node));
         let held = view.bucket_counts().get(&node).copied().unwrap_or(0);
         let what = match mode {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use dtable_core::etcd::ViewRx;
+use dtable_core::node::{ROLE_SERVER, ROLE_SLAVE};
 use dtable_core::view::AssignEntry;
 use dtable_core::{Bucket, ClusterView, NodeId};
 use dtable_proto::v1 as pb;
@@ -67,12 +68,15 @@ pub enum Change {
         #[serde(rename = "move")]
         info: MoveInfo,
     },
-    /// A node joined, left, or changed (state, weight, URLs, version, lease or cordon).
+    /// A node (a server or a slave) joined, left, or changed (state, weight, URLs, version,
+    /// lease or cordon).
     Node {
         /// Which of the three.
         change: NodeChange,
         /// The node.
         node_id: String,
+        /// "server" or "slave": where it is registered.
+        role: String,
         /// The node now; `None` when it left.
         node: Option<NodeInfo>,
     },
@@ -152,6 +156,7 @@ impl Event {
                 change,
                 node_id,
                 node,
+                ..
             } => E::Node(pb::NodeChanged {
                 node: node.clone().map(Into::into),
                 node_id: node_id.clone(),
@@ -192,12 +197,22 @@ impl Change {
                 }
             ),
             Change::Node {
-                change, node_id, ..
-            } => match change {
-                NodeChange::Joined => format!("{node_id} joined"),
-                NodeChange::Left => format!("{node_id} left"),
-                NodeChange::Changed => format!("{node_id} changed: {detail}"),
-            },
+                change,
+                node_id,
+                role,
+                ..
+            } => {
+                let who = if role == ROLE_SLAVE {
+                    format!("slave {node_id}")
+                } else {
+                    node_id.clone()
+                };
+                match change {
+                    NodeChange::Joined => format!("{who} joined"),
+                    NodeChange::Left => format!("{who} left"),
+                    NodeChange::Changed => format!("{who} changed: {detail}"),
+                }
+            }
             Change::Leader { leader } if leader.is_empty() => "no instance leads".to_owned(),
             Change::Leader { leader } => format!("{leader} leads"),
         }
@@ -225,8 +240,36 @@ fn node_facts(view: &ClusterView, node: &NodeId) -> Vec<(&'static str, String)> 
     ]
 }
 
+/// What about a slave a [`NodeChange::Changed`] event reports, as for a server less the
+/// cordon, which a slave never has.
+fn slave_facts(view: &ClusterView, slave: &NodeId) -> Vec<(&'static str, String)> {
+    let Some(s) = view.slaves.get(slave) else {
+        return Vec::new();
+    };
+    vec![
+        ("state", format!("{:?}", s.record.state).to_lowercase()),
+        ("weight", s.record.weight.to_string()),
+        ("lease", format!("{:x}", s.lease)),
+        ("registration", s.create_revision.to_string()),
+        ("node_url", s.record.node_url.clone()),
+        ("local_node_url", s.record.local_node_url.clone()),
+        ("version", s.record.version.clone()),
+    ]
+}
+
+/// `field a → b` for each fact that differs.
+fn fact_changes(before: &[(&str, String)], after: &[(&str, String)]) -> String {
+    before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| b.1 != a.1)
+        .map(|(b, a)| format!("{} {} → {}", b.0, b.1, a.1))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The changes from `old` to `new`, each with the detail of its text: leader first, then
-/// nodes, moves and buckets.
+/// servers, slaves, moves and buckets.
 pub fn diff(old: &ClusterView, new: &ClusterView, ttls: &LeaseTtlMap) -> Vec<(Change, String)> {
     let mut out = Vec::new();
     if old.leader() != new.leader() {
@@ -237,45 +280,18 @@ pub fn diff(old: &ClusterView, new: &ClusterView, ttls: &LeaseTtlMap) -> Vec<(Ch
     let ids: std::collections::BTreeSet<&NodeId> =
         old.nodes.keys().chain(new.nodes.keys()).collect();
     for id in ids {
-        let node_id = id.to_string();
-        match (old.nodes.get(id), new.nodes.get(id)) {
-            (None, Some(n)) => out.push((
-                Change::Node {
-                    change: NodeChange::Joined,
-                    node_id,
-                    node: Some(NodeInfo::of(new, n, ttls)),
-                },
-                String::new(),
-            )),
-            (Some(_), None) => out.push((
-                Change::Node {
-                    change: NodeChange::Left,
-                    node_id,
-                    node: None,
-                },
-                String::new(),
-            )),
-            (Some(_), Some(n)) => {
-                let (before, after) = (node_facts(old, id), node_facts(new, id));
-                let detail: Vec<String> = before
-                    .iter()
-                    .zip(&after)
-                    .filter(|(b, a)| b.1 != a.1)
-                    .map(|(b, a)| format!("{} {} → {}", b.0, b.1, a.1))
-                    .collect();
-                if !detail.is_empty() {
-                    out.push((
-                        Change::Node {
-                            change: NodeChange::Changed,
-                            node_id,
-                            node: Some(NodeInfo::of(new, n, ttls)),
-                        },
-                        detail.join(", "),
-                    ));
-                }
-            }
-            (None, None) => {}
-        }
+        let info = new.nodes.get(id).map(|n| NodeInfo::of(new, n, ttls));
+        let was = old.nodes.contains_key(id);
+        let detail = || fact_changes(&node_facts(old, id), &node_facts(new, id));
+        out.extend(node_change(id, ROLE_SERVER, was, info, detail));
+    }
+    let slave_ids: std::collections::BTreeSet<&NodeId> =
+        old.slaves.keys().chain(new.slaves.keys()).collect();
+    for id in slave_ids {
+        let info = new.slaves.get(id).map(|s| NodeInfo::of_slave(s, ttls));
+        let was = old.slaves.contains_key(id);
+        let detail = || fact_changes(&slave_facts(old, id), &slave_facts(new, id));
+        out.extend(node_change(id, ROLE_SLAVE, was, info, detail));
     }
 
     for (b, mv) in &old.moves {
@@ -317,6 +333,34 @@ pub fn diff(old: &ClusterView, new: &ClusterView, ttls: &LeaseTtlMap) -> Vec<(Ch
         }
     }
     out
+}
+
+/// The event of one registration (`role` "server" or "slave") that was there before (`was`)
+/// and is now `info`; `detail` says what changed when it was there both times, and nothing
+/// is reported when that is empty.
+fn node_change(
+    id: &NodeId,
+    role: &str,
+    was: bool,
+    info: Option<NodeInfo>,
+    detail: impl FnOnce() -> String,
+) -> Option<(Change, String)> {
+    let (change, detail) = match (was, &info) {
+        (false, Some(_)) => (NodeChange::Joined, String::new()),
+        (true, None) => (NodeChange::Left, String::new()),
+        (true, Some(_)) => match detail() {
+            d if d.is_empty() => return None,
+            d => (NodeChange::Changed, d),
+        },
+        (false, None) => return None,
+    };
+    let change = Change::Node {
+        change,
+        node_id: id.to_string(),
+        role: role.to_owned(),
+        node: info,
+    };
+    Some((change, detail))
 }
 
 fn moved(phase: MovePhase, info: MoveInfo) -> (Change, String) {
@@ -591,6 +635,80 @@ mod tests {
             ]
         );
         assert!(diff(&done, &done, &LeaseTtlMap::new()).is_empty());
+    }
+
+    fn slave(id: &str, version: &str) -> Vec<u8> {
+        format!(
+            r#"{{"node_id":"{id}","node_url":"u","local_node_url":"http://{id}:4000/","role":"slave","version":"{version}"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn slaves_join_change_and_leave_as_node_events_of_role_slave() {
+        let k = KeyLayout::default();
+        let old = base();
+        let mut new = old.clone();
+        new.revision = 30;
+        let key = "dtable-cluster/slaves/dtable-server-s1";
+        new.put(&k, key, &slave("dtable-server-s1", "1"), meta(30))
+            .unwrap();
+        let changes = diff(&old, &new, &LeaseTtlMap::from([(0x1f, 9)]));
+        let [(change, detail)] = &changes[..] else {
+            panic!("{changes:?}");
+        };
+        assert_eq!(change.text(detail), "slave dtable-server-s1 joined");
+        let Change::Node {
+            role,
+            node: Some(info),
+            ..
+        } = change
+        else {
+            panic!("{change:?}");
+        };
+        assert_eq!(role, "slave");
+        assert_eq!(
+            (
+                info.role.as_str(),
+                info.bucket_count,
+                info.healthy,
+                info.cordoned
+            ),
+            ("slave", 0, true, false)
+        );
+        assert_eq!(info.lease_ttl_seconds, 9);
+        let json = serde_json::to_value(&Event {
+            at: "t".into(),
+            revision: 30,
+            text: change.text(detail),
+            change: change.clone(),
+        })
+        .unwrap();
+        assert_eq!(json["kind"], "node");
+        assert_eq!(json["role"], "slave");
+        assert_eq!(json["node"]["role"], "slave");
+
+        let mut changed = new.clone();
+        let rewritten = KvMeta {
+            mod_revision: 31,
+            ..meta(30)
+        };
+        changed
+            .put(&k, key, &slave("dtable-server-s1", "2"), rewritten)
+            .unwrap();
+        let texts: Vec<String> = diff(&new, &changed, &LeaseTtlMap::new())
+            .iter()
+            .map(|(c, d)| c.text(d))
+            .collect();
+        assert_eq!(texts, ["slave dtable-server-s1 changed: version 1 → 2"]);
+
+        let mut left = changed.clone();
+        left.delete(&k, key);
+        let texts: Vec<String> = diff(&changed, &left, &LeaseTtlMap::new())
+            .iter()
+            .map(|(c, d)| c.text(d))
+            .collect();
+        assert_eq!(texts, ["slave dtable-server-s1 left"]);
     }
 
     #[test]

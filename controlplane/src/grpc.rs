@@ -98,7 +98,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             async move {
                 match item {
                     Item::Snapshot(view) => {
-                        let ttls = state.ttls.get(view.nodes.values().map(|n| n.lease)).await;
+                        let ttls = state.ttls.get(model::NodeInfo::leases(&view)).await;
                         Some(Ok(pb::ClusterEvent {
                             revision: view.revision,
                             event: Some(pb::cluster_event::Event::Snapshot(model::snapshot(

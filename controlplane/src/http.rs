@@ -8,7 +8,7 @@
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/v1/lookup/<uuid>` | `{"bucket","node_id","node_url","local_node_url","epoch","moving"}` (owner fields null when unassigned) |
-//! | `GET /api/v1/nodes` | `{"revision", "nodes": [NODE]}` |
+//! | `GET /api/v1/nodes` | `{"revision", "nodes": [NODE]}`: the servers, then the slaves (`"role": "slave"`) |
 //! | `GET /api/v1/assignment` | `{"revision", "buckets": [BUCKET x 256]}` |
 //! | `GET /api/v1/moves` | `{"revision", "moves": [MOVE]}` |
 //! | `GET /api/v1/leader` | `{"leader", "this_instance_leads"}` (asked of etcd) |
@@ -28,6 +28,8 @@
 //!
 //! With `--tls-cert` the listener speaks HTTPS only (HTTP/1.1 and HTTP/2), and with
 //! `--tls-client-ca` it serves only clients that show a certificate from that CA.
+//!
+//! A cordon, drain or uncordon of a slave's id answers 400 `bad_request`: slaves own no buckets.
 //!
 //! Errors are ERROR with these statuses: `bad_uuid` and `bad_request` 400, `unknown_node` 404,
 //! `not_ready` 503, `etcd_error` 502, `etcd_timeout` 504. The shapes are in [`crate::model`].

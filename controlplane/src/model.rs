@@ -9,9 +9,13 @@
 //! ```text
 //! NODE   = {"node_id", "node_url", "local_node_url", "state": "active"|"draining",
 //!           "weight": N, "version", "bucket_count": N, "lease_id": N,
-//!           "lease_ttl_seconds": N (-1 when unknown), "started_at", "role": "server",
-//!           "cordoned": bool (a cordon or drain intent exists),
+//!           "lease_ttl_seconds": N (-1 when unknown), "started_at",
+//!           "role": "server"|"slave", "cordoned": bool (a cordon or drain intent exists),
 //!           "draining": bool (the intent is a drain), "healthy": true}
+//!   A slave (a read replica registered under dtable-cluster/slaves/) has role "slave",
+//!   bucket_count 0 and is never cordoned or draining; it is registered only while its agent
+//!   finds it healthy, so it is listed only while healthy. Lists hold the servers in node-id
+//!   order, then the slaves in node-id order.
 //! MOVE   = {"bucket": "3f", "from", "to", "started_at", "move_id": N, "acked": bool}
 //! BUCKET = {"bucket": "3f", "node_id", "epoch": N, "moving": bool}
 //! STATUS = {"revision": N, "leader": "<instance or empty>", "instance": "<this instance>",
@@ -20,7 +24,8 @@
 //! EVENT  = {"at": "<RFC 3339, ms>", "revision": N, "kind": ..., "text": "<one human line>", ...}
 //!   kind "bucket":   "bucket", "from", "to", "epoch"
 //!   kind "move":     "phase": "started"|"acked"|"ended", "move": MOVE
-//!   kind "node":     "change": "joined"|"left"|"changed", "node_id", "node": NODE or null
+//!   kind "node":     "change": "joined"|"left"|"changed", "node_id",
+//!                    "role": "server"|"slave", "node": NODE or null
 //!   kind "leader":   "leader"
 //!   kind "snapshot": every field of STATUS (only first on a stream, or after it lagged)
 //! PLAN   = {"requested": bool, "revision": N, "planned_moves": [{"bucket", "from", "to"}]}
@@ -32,8 +37,10 @@
 use std::collections::HashMap;
 
 use dtable_core::keys::ack_name;
-use dtable_core::view::{CordonMode, MoveEntry, NodeEntry};
+use dtable_core::node::{ROLE_SERVER, ROLE_SLAVE};
+use dtable_core::view::{CordonMode, MoveEntry, NodeEntry, SlaveEntry};
 use dtable_core::{Bucket, ClusterView};
+use dtable_core::{NodeRecord, NodeState};
 use dtable_proto::v1 as pb;
 use serde::Serialize;
 
@@ -63,14 +70,22 @@ pub struct NodeInfo {
     pub lease_ttl_seconds: i64,
     /// When it registered, as it says.
     pub started_at: String,
-    /// Always "server" for bucket owners.
+    /// "server" for bucket owners, "slave" for read replicas.
     pub role: String,
     /// A cordon or drain intent exists for it.
     pub cordoned: bool,
     /// The intent is a drain: its buckets are being moved away.
     pub draining: bool,
-    /// Servers are registered only while healthy, so always true here.
+    /// Servers and slaves are registered only while healthy, so always true here.
     pub healthy: bool,
+}
+
+/// A node state as the API spells it.
+fn state_name(state: NodeState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 impl NodeInfo {
@@ -85,32 +100,50 @@ impl NodeInfo {
             .count();
         let cordon = view.cordons.get(id).map(|c| c.intent.mode);
         NodeInfo {
-            node_id: id.to_string(),
-            node_url: node.record.node_url.clone(),
-            local_node_url: node.record.local_node_url.clone(),
-            state: serde_json::to_value(node.record.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            weight: node.record.weight,
-            version: node.record.version.clone(),
             bucket_count: bucket_count as u32,
-            lease_id: node.lease,
-            lease_ttl_seconds: ttls.get(&node.lease).copied().unwrap_or(-1),
-            started_at: node.record.started_at.clone(),
-            role: "server".to_owned(),
             cordoned: cordon.is_some(),
             draining: cordon == Some(CordonMode::Drain),
+            ..NodeInfo::registered(&node.record, ROLE_SERVER, node.lease, ttls)
+        }
+    }
+
+    /// The record of the slave `slave`: it owns no bucket and is never cordoned.
+    pub fn of_slave(slave: &SlaveEntry, ttls: &LeaseTtlMap) -> NodeInfo {
+        NodeInfo::registered(&slave.record, ROLE_SLAVE, slave.lease, ttls)
+    }
+
+    /// What a registration says, before buckets and cordons.
+    fn registered(record: &NodeRecord, role: &str, lease: i64, ttls: &LeaseTtlMap) -> NodeInfo {
+        NodeInfo {
+            node_id: record.node_id.to_string(),
+            node_url: record.node_url.clone(),
+            local_node_url: record.local_node_url.clone(),
+            state: state_name(record.state),
+            weight: record.weight,
+            version: record.version.clone(),
+            bucket_count: 0,
+            lease_id: lease,
+            lease_ttl_seconds: ttls.get(&lease).copied().unwrap_or(-1),
+            started_at: record.started_at.clone(),
+            role: role.to_owned(),
+            cordoned: false,
+            draining: false,
             healthy: true,
         }
     }
 
-    /// Every registered node of `view`, in node-id order.
+    /// Every registered server of `view` in node-id order, then every registered slave in
+    /// node-id order.
     pub fn all(view: &ClusterView, ttls: &LeaseTtlMap) -> Vec<NodeInfo> {
-        view.nodes
-            .values()
-            .map(|n| NodeInfo::of(view, n, ttls))
-            .collect()
+        let servers = view.nodes.values().map(|n| NodeInfo::of(view, n, ttls));
+        let slaves = view.slaves.values().map(|s| NodeInfo::of_slave(s, ttls));
+        servers.chain(slaves).collect()
+    }
+
+    /// The leases of every registration `view` holds, servers' and slaves', for their TTLs.
+    pub fn leases(view: &ClusterView) -> impl Iterator<Item = i64> + '_ {
+        let servers = view.nodes.values().map(|n| n.lease);
+        servers.chain(view.slaves.values().map(|s| s.lease))
     }
 }
 

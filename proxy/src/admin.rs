@@ -1,10 +1,17 @@
-//! The admin port (5555): `POST /rebalance/` as SeaTable documents it, base lookups, metrics
-//! and health.
+//! The admin port (5555): `POST /rebalance/` as SeaTable documents it, base lookups, the slave
+//! pool, metrics and health.
+//!
+//! `GET /api/v1/slaves[?dtable_uuid=<uuid>]` answers, with the slave listener on,
+//! `{"revision", "slaves": [{"node_id","local_node_url","weight","in_flight"}]}` (the slaves
+//! that take requests, as this proxy sees them) and, for a base, `"dtable_uuid"` (normalized)
+//! and `"slave"`: the slave its requests go to, `null` when none is healthy. With the slave
+//! listener off it answers 404 `{"code":"slaves_off"}`; a malformed UUID gets 400
+//! `bad_dtable_uuid`.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +24,10 @@ use dtable_core::tls::{ServerTls, serve_http};
 use etcd_client::Client;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::slaves::SlavePool;
 
 /// What the admin handlers read.
 #[derive(Clone)]
@@ -30,6 +40,8 @@ pub struct AdminState {
     pub keys: KeyLayout,
     /// Prometheus renderer, when installed.
     pub metrics: Option<PrometheusHandle>,
+    /// The slave pool, when the slave listener is on.
+    pub slave_pool_rx: Option<watch::Receiver<Arc<SlavePool>>>,
 }
 
 fn error(status: StatusCode, code: &str, msg: impl std::fmt::Display) -> Response {
@@ -55,6 +67,7 @@ pub async fn serve(
         .route_layer(require_admin(token));
     let app = Router::new()
         .route("/api/v1/lookup/{uuid}", get(lookup))
+        .route("/api/v1/slaves", get(slaves))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -120,6 +133,46 @@ async fn lookup(State(s): State<AdminState>, Path(uuid): Path<String>) -> Respon
         Ok(l) => Json(l).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, "bad_dtable_uuid", e),
     }
+}
+
+/// The query of `GET /api/v1/slaves`.
+#[derive(serde::Deserialize)]
+struct SlavesQuery {
+    dtable_uuid: Option<String>,
+}
+
+async fn slaves(State(s): State<AdminState>, Query(q): Query<SlavesQuery>) -> Response {
+    let Some(pool_rx) = &s.slave_pool_rx else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "slaves_off",
+            "the slave listener is off (--slave-listen)",
+        );
+    };
+    let pool = Arc::clone(&pool_rx.borrow());
+    let listed: Vec<_> = pool
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "node_id": m.slave.node_id(),
+                "local_node_url": format!("{}://{}{}/", m.slave.upstream.scheme, m.slave.upstream.authority, m.slave.upstream.prefix),
+                "weight": m.weight,
+                "in_flight": m.slave.in_flight(),
+            })
+        })
+        .collect();
+    let mut body = serde_json::json!({"revision": pool.revision, "slaves": listed});
+    if let Some(raw) = q.dtable_uuid {
+        let uuid = match dtable_core::bucket::normalize_base_uuid(&raw) {
+            Ok(u) => u,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_dtable_uuid", e),
+        };
+        let slave = pool.by_hash(&uuid, None).map(|s| s.node_id().to_owned());
+        body["dtable_uuid"] = uuid.into();
+        body["slave"] = slave.into();
+    }
+    Json(body).into_response()
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::pool::PooledBody;
+use crate::slaves::InFlight;
 
 /// Errors crossing the proxy's bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -98,6 +99,11 @@ impl Payload {
                 copy: Arc::default(),
             }),
         }
+    }
+
+    /// Whether the request has no body at all.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Payload::Buffered(bytes) if bytes.is_empty())
     }
 
     /// The body for the next attempt; `None` when it cannot be sent again (streamed and too
@@ -198,6 +204,8 @@ pub enum ClientBody {
     Pooled(PooledBody),
     /// From an upstream over HTTP/2, or the answer to an upgrade request.
     Upstream(Incoming),
+    /// From a slave over a pooled connection, counted in flight until the body is dropped.
+    Slave(PooledBody, InFlight),
     /// The proxy's own answer (`None` once sent).
     Own(Option<Bytes>),
 }
@@ -225,6 +233,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Pooled(b) => Pin::new(b).poll_frame(cx),
             ClientBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Slave(b, _) => Pin::new(b).poll_frame(cx),
             ClientBody::Own(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -233,6 +242,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Pooled(b) => b.is_end_stream(),
             ClientBody::Upstream(b) => b.is_end_stream(),
+            ClientBody::Slave(b, _) => b.is_end_stream(),
             ClientBody::Own(bytes) => bytes.is_none(),
         }
     }
@@ -241,6 +251,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Pooled(b) => b.size_hint(),
             ClientBody::Upstream(b) => b.size_hint(),
+            ClientBody::Slave(b, _) => b.size_hint(),
             ClientBody::Own(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

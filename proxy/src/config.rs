@@ -30,7 +30,7 @@ pub struct Args {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub etcd: EtcdArgs,
-    /// TLS of both listeners (routing and admin).
+    /// TLS of every listener (routing, admin, and slave when on).
     #[command(flatten)]
     pub tls: TlsArgs,
     /// The admin token that guards POST /rebalance/ on the admin port.
@@ -39,7 +39,18 @@ pub struct Args {
     /// Routing listener.
     #[arg(long, env = "DTABLE_PROXY_LISTEN", default_value = "0.0.0.0:5550")]
     pub listen: SocketAddr,
-    /// Admin listener: POST /rebalance/, /api/v1/lookup/<uuid>, /metrics, /healthz, /readyz.
+    /// Slave listener: spreads reads over the registered dtable-server-slaves, each base
+    /// sticking to one slave (point dtable-server's `dtable_server_slave_url` here; deploy
+    /// files use 0.0.0.0:4000). Off unless set.
+    #[arg(long, env = "DTABLE_PROXY_SLAVE_LISTEN")]
+    pub slave_listen: Option<SocketAddr>,
+    /// On the slave listener, serve a request that finds no healthy slave by the owner of
+    /// its base's bucket (any active server for a request without a base) instead of
+    /// answering 503 `no_slave`.
+    #[arg(long, env = "DTABLE_PROXY_SLAVE_FALLBACK_TO_OWNER")]
+    pub slave_fallback_to_owner: bool,
+    /// Admin listener: POST /rebalance/, /api/v1/lookup/<uuid>, /api/v1/slaves, /metrics,
+    /// /healthz, /readyz.
     #[arg(
         long,
         env = "DTABLE_PROXY_ADMIN_LISTEN",
@@ -88,6 +99,10 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
+    /// Slave listener; `None` when off.
+    pub slave_listen: Option<SocketAddr>,
+    /// Requests that find no healthy slave go to the owner.
+    pub slave_fallback_to_owner: bool,
     /// Request-path settings.
     pub forward: ForwardSettings,
     /// Listener limits.
@@ -96,7 +111,7 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Upstream idle timeout.
     pub idle_timeout: Duration,
-    /// TLS of both listeners; `None` serves plain HTTP.
+    /// TLS of every listener; `None` serves plain HTTP.
     pub tls: Option<ServerTls>,
     /// The token `POST /rebalance/` demands; `None` leaves it open, as in SeaTable.
     pub admin_token: Option<Arc<AdminToken>>,
@@ -132,6 +147,21 @@ impl Args {
         if self.workers > 1024 {
             return Err(ConfigError::field("--workers", "must be at most 1024"));
         }
+        if self.slave_fallback_to_owner && self.slave_listen.is_none() {
+            return Err(ConfigError::field(
+                "--slave-fallback-to-owner",
+                "needs --slave-listen",
+            ));
+        }
+        if let Some(slave) = self.slave_listen
+            && slave.port() != 0
+            && (slave == self.listen || slave == self.admin_listen)
+        {
+            return Err(ConfigError::field(
+                "--slave-listen",
+                "must differ from --listen and --admin-listen",
+            ));
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::field(
                 "--max-connections",
@@ -143,6 +173,8 @@ impl Args {
             keys,
             listen: self.listen,
             admin_listen: self.admin_listen,
+            slave_listen: self.slave_listen,
+            slave_fallback_to_owner: self.slave_fallback_to_owner,
             forward: ForwardSettings {
                 hold_timeout: self.hold_timeout,
                 retry_body_limit: self.retry_body_limit,

@@ -409,7 +409,7 @@ fn is_not_owner<B>(resp: &Response<B>) -> bool {
 }
 
 /// Strips hop-by-hop headers from an upstream response.
-fn finish(mut resp: Response<ClientBody>) -> Response<ClientBody> {
+pub(crate) fn finish(mut resp: Response<ClientBody>) -> Response<ClientBody> {
     strip_hop_by_hop(resp.headers_mut(), false);
     resp
 }
@@ -491,7 +491,7 @@ fn upstream_request(
 
 /// The request target for an HTTP/1.1 upstream: the node's path prefix, then the request's
 /// path and query.
-fn upstream_path(up: &Upstream, uri: &Uri) -> Uri {
+pub(crate) fn upstream_path(up: &Upstream, uri: &Uri) -> Uri {
     match (up.prefix.is_empty(), uri.path_and_query()) {
         (true, Some(pq)) => Uri::from(pq.clone()),
         (_, pq) => {

@@ -1,6 +1,7 @@
 //! dtable-proxy: routes every request to the dtable-server that owns the request's base,
 //! including WebSockets, streaming bodies and gRPC over HTTP/2, and holds requests while a
-//! bucket has no owner. Its admin port serves `POST /rebalance/`, lookups and metrics.
+//! bucket has no owner. Its admin port serves `POST /rebalance/`, lookups and metrics. With
+//! `--slave-listen` it also spreads reads over the pool of dtable-server-slaves ([`slaves`]).
 
 pub mod admin;
 pub mod body;
@@ -10,6 +11,7 @@ pub mod locate;
 pub mod metrics;
 pub mod pool;
 pub mod server;
+pub mod slaves;
 pub mod table;
 pub mod upgrade;
 
@@ -24,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Args, ProxyConfig};
 use forward::Forwarder;
 use pool::PoolSettings;
+use server::Listener;
+use slaves::{SlavePool, SlaveRouter, SlaveSettings};
 use table::RoutingTable;
 use upgrade::SocketRegistry;
 
@@ -46,6 +50,10 @@ pub async fn run(
 ) -> Result<(), ProxyError> {
     let listener = bind(cfg.listen).await?;
     let admin = bind(cfg.admin_listen).await?;
+    let slave_listener = match cfg.slave_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let client = connect(&cfg.etcd).await?;
     let (watcher, view_rx) = ClusterWatch::new(client.clone(), cfg.keys.clone());
     let background = CancellationToken::new();
@@ -72,11 +80,53 @@ pub async fn run(
         cfg.idle_timeout,
         sockets,
     ));
+    let slave_pool_rx = slave_listener.as_ref().map(|_| {
+        let (pool_tx, pool_rx) = watch::channel(Arc::new(SlavePool::default()));
+        tokio::spawn(slaves::follow(
+            view_rx.clone(),
+            pool_tx,
+            pool,
+            background.clone(),
+        ));
+        tokio::spawn(slaves::sweep_idle(
+            pool_rx.clone(),
+            pool,
+            background.clone(),
+        ));
+        pool_rx
+    });
+    let slave_task = slave_listener
+        .zip(slave_pool_rx.clone())
+        .map(|(l, pool_rx)| {
+            let fallback = cfg.slave_fallback_to_owner.then(|| Arc::clone(&fwd));
+            let router = Arc::new(SlaveRouter::new(
+                pool_rx,
+                fallback,
+                SlaveSettings {
+                    load_timeout: cfg.forward.hold_timeout,
+                    retry_body_limit: cfg.forward.retry_body_limit,
+                },
+            ));
+            tracing::info!(
+                slave_listen = ?server::bound(&l),
+                fallback_to_owner = cfg.slave_fallback_to_owner,
+                "slave listener serving"
+            );
+            tokio::spawn(server::serve(
+                Listener::Slave,
+                l,
+                router,
+                cfg.limits.clone(),
+                cfg.tls.clone(),
+                shutdown.clone(),
+            ))
+        });
     let state = admin::AdminState {
         view_rx,
         client,
         keys: cfg.keys.clone(),
         metrics,
+        slave_pool_rx,
     };
     let admin_task = tokio::spawn(admin::serve(
         admin,
@@ -86,7 +136,18 @@ pub async fn run(
         shutdown.clone(),
     ));
     tracing::info!(listen = ?server::bound(&listener), admin = %cfg.admin_listen, "dtable-proxy serving");
-    server::serve(listener, fwd, cfg.limits.clone(), cfg.tls.clone(), shutdown).await;
+    server::serve(
+        Listener::Routing,
+        listener,
+        fwd,
+        cfg.limits.clone(),
+        cfg.tls.clone(),
+        shutdown,
+    )
+    .await;
+    if let Some(task) = slave_task {
+        let _ = task.await;
+    }
     let _ = admin_task.await;
     background.cancel();
     Ok(())

@@ -1,6 +1,7 @@
 //! Finding the base a request is for: the path segment after a `dtables` segment, then the
 //! `dtable_uuid` query parameter, then the `x-dtable-uuid` header (gRPC metadata).
 
+use dtable_core::bucket::normalize_base_uuid;
 use dtable_core::{Bucket, BucketError};
 use hyper::Request;
 
@@ -9,19 +10,31 @@ pub const UUID_HEADER: &str = "x-dtable-uuid";
 
 /// The bucket a request belongs to; `None` when it names no base.
 pub fn bucket_of<B>(req: &Request<B>) -> Result<Option<Bucket>, BucketError> {
+    raw_base(req)?.map(Bucket::of_base).transpose()
+}
+
+/// The base a request names, normalized to 32 lowercase hex characters; `None` when it names
+/// none. The slave listener hashes the whole UUID, where the routing listener needs only its
+/// bucket; both look in the same places and refuse the same malformed UUIDs.
+pub fn base_of<B>(req: &Request<B>) -> Result<Option<String>, BucketError> {
+    raw_base(req)?.map(normalize_base_uuid).transpose()
+}
+
+/// The base UUID as the request spells it, from the first place that names one.
+fn raw_base<B>(req: &Request<B>) -> Result<Option<&str>, BucketError> {
     let path = req.uri().path();
     let mut segments = path.split('/');
     while let Some(segment) = segments.next() {
         if segment == "dtables"
             && let Some(uuid) = segments.next().filter(|s| !s.is_empty())
         {
-            return Bucket::of_base(uuid).map(Some);
+            return Ok(Some(uuid));
         }
     }
     if let Some(query) = req.uri().query() {
         for pair in query.split('&') {
             if let Some(uuid) = pair.strip_prefix("dtable_uuid=") {
-                return Bucket::of_base(uuid).map(Some);
+                return Ok(Some(uuid));
             }
         }
     }
@@ -29,7 +42,7 @@ pub fn bucket_of<B>(req: &Request<B>) -> Result<Option<Bucket>, BucketError> {
         let uuid = value
             .to_str()
             .map_err(|_| BucketError::MalformedUuid("<non-ASCII>".into()))?;
-        return Bucket::of_base(uuid.trim()).map(Some);
+        return Ok(Some(uuid.trim()));
     }
     Ok(None)
 }
@@ -64,6 +77,27 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(bucket_of(&grpc), Ok(Some(Bucket(0xc3))));
+    }
+
+    #[test]
+    fn the_base_is_normalized_from_every_place() {
+        let want = Ok(Some(U.to_owned()));
+        for uri in [
+            format!("/dtables/{D}"),
+            format!("/api/v1/dtables/{U}/rows/"),
+            format!("/socket.io/?EIO=4&dtable_uuid={D}"),
+        ] {
+            assert_eq!(base_of(&req(&uri)), want, "{uri}");
+        }
+        let header = Request::builder()
+            .uri("/api/v1/query/")
+            .header(UUID_HEADER, format!(" {D} "))
+            .body(())
+            .unwrap();
+        assert_eq!(base_of(&header), want);
+        assert_eq!(base_of(&req("/ping/")), Ok(None));
+        assert!(base_of(&req("/dtables/c3a1e2f0/")).is_err());
+        assert!(base_of(&req("/?dtable_uuid=c3a1e2f0-a1b2")).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
     tracing::info!(
         listen = %cfg.listen,
         admin = %cfg.admin_listen,
+        slave_listen = ?cfg.slave_listen,
         etcd = ?cfg.etcd.endpoints,
         workers = cfg.limits.workers,
         tls = cfg.tls_mode(),

@@ -51,3 +51,59 @@ impl Default for ProxyMetrics {
         Self::new()
     }
 }
+
+/// The stable codes the slave listener answers with itself (see
+/// [`SlaveError`](crate::slaves::SlaveError)).
+const SLAVE_REFUSALS: [&str; 5] = [
+    "bad_dtable_uuid",
+    "no_slave",
+    "upstream_unreachable",
+    "bad_body",
+    "upgrade_unsupported",
+];
+
+/// Handles of the slave listener's metrics. Requests answered by each slave are counted by
+/// the slave (`dtable_proxy_slave_requests_total{slave}`, see
+/// [`Slave`](crate::slaves::Slave)); `dtable_proxy_slaves_healthy` is kept by the pool.
+pub struct SlaveMetrics {
+    /// `dtable_proxy_slave_refusals_total{code}`: answered by the proxy itself, by code.
+    refusals: [Counter; SLAVE_REFUSALS.len()],
+    /// `dtable_proxy_slave_fallbacks_total`: served by the bucket's owner for want of a
+    /// healthy slave (`--slave-fallback-to-owner`); the routing metrics count them too.
+    pub fallbacks: Counter,
+    /// `dtable_proxy_slave_retries_total`: sent to the next slave after a connection failure.
+    pub retries: Counter,
+    /// `dtable_proxy_slave_request_duration_seconds`, client's view.
+    duration: Histogram,
+}
+
+impl SlaveMetrics {
+    /// Registers the metrics with the installed recorder.
+    pub fn new() -> SlaveMetrics {
+        SlaveMetrics {
+            refusals: SLAVE_REFUSALS
+                .map(|code| counter!("dtable_proxy_slave_refusals_total", "code" => code)),
+            fallbacks: counter!("dtable_proxy_slave_fallbacks_total"),
+            retries: counter!("dtable_proxy_slave_retries_total"),
+            duration: histogram!("dtable_proxy_slave_request_duration_seconds"),
+        }
+    }
+
+    /// Counts one request the proxy answered itself with `code`.
+    pub fn refused(&self, code: &str) {
+        if let Some(i) = SLAVE_REFUSALS.iter().position(|c| *c == code) {
+            self.refusals[i].increment(1);
+        }
+    }
+
+    /// Records how long one request took.
+    pub fn observe(&self, took: Duration) {
+        self.duration.record(took.as_secs_f64());
+    }
+}
+
+impl Default for SlaveMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -7,14 +7,20 @@
 //! connection and the upstream connections its requests open stay on that thread, so the
 //! request path crosses no thread and takes no contended lock; the pools keep one idle list
 //! per worker for the same reason.
+//!
+//! The same machinery serves the slave listener (`--slave-listen`, see [`crate::slaves`]) on
+//! threads of its own: what a listener does with a request is its [`Handler`].
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use dtable_core::tls::{HANDSHAKE_TIMEOUT, ServerTls};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -24,9 +30,58 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{Forwarder, Peer};
+use crate::forward::{ClientBody, Forwarder, Peer};
 
-/// Limits of the routing listener.
+/// What a listener does with each request: answers it, never failing (errors become
+/// responses).
+pub trait Handler: Send + Sync + 'static {
+    /// Answers `req` from `peer`.
+    fn call(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> impl Future<Output = Response<ClientBody>> + Send;
+}
+
+/// The routing listener's handler: to the owner of the request's bucket.
+impl Handler for Forwarder {
+    fn call(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> impl Future<Output = Response<ClientBody>> + Send {
+        self.handle(req, peer)
+    }
+}
+
+/// Which of the proxy's client-facing listeners a [`serve`] runs, for logs and thread names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// `--listen`: to the owners of the buckets.
+    Routing,
+    /// `--slave-listen`: to the slave pool.
+    Slave,
+}
+
+impl Listener {
+    /// The name in log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Listener::Routing => "routing",
+            Listener::Slave => "slave",
+        }
+    }
+
+    /// The name of worker thread `index` (at most 15 bytes for small indexes, as Linux keeps).
+    fn thread_name(self, index: usize) -> String {
+        match self {
+            Listener::Routing => format!("dtable-proxy-w{index}"),
+            Listener::Slave => format!("dtable-proxy-s{index}"),
+        }
+    }
+}
+
+/// Limits of a client-facing listener (routing or slave; each has its own connection cap).
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// A client must send its request head within this time (slowloris).
@@ -49,15 +104,17 @@ struct Accepted {
     watcher: Watcher,
 }
 
-/// Serves `listener` (over TLS when `tls` is set) until `shutdown`, then drains connections
-/// for up to the grace period.
-pub async fn serve(
+/// Serves `listener` (over TLS when `tls` is set) with `fwd` until `shutdown`, then drains
+/// connections for up to the grace period.
+pub async fn serve<H: Handler>(
+    kind: Listener,
     listener: TcpListener,
-    fwd: Arc<Forwarder>,
+    fwd: Arc<H>,
     limits: Limits,
     tls: Option<ServerTls>,
     shutdown: CancellationToken,
 ) {
+    let name = kind.name();
     let acceptor = tls.as_ref().map(ServerTls::acceptor);
     let builder = Arc::new(connection_builder(&limits));
     let graceful = GracefulShutdown::new();
@@ -67,8 +124,15 @@ pub async fn serve(
     let (queues, threads): (Vec<_>, Vec<_>) = (0..workers)
         .map(|i| {
             let (tx, rx) = mpsc::unbounded_channel();
+            // The slave listener's workers keep their idle connections apart from the routing
+            // workers' (a fallback to an owner goes over the owners' pools).
+            let shard = match kind {
+                Listener::Routing => i,
+                Listener::Slave => workers + i,
+            };
             let thread = spawn_worker(
-                i,
+                kind.thread_name(i),
+                shard,
                 rx,
                 Arc::clone(&fwd),
                 Arc::clone(&builder),
@@ -78,7 +142,7 @@ pub async fn serve(
             (tx, thread)
         })
         .unzip();
-    tracing::info!(workers, "routing workers started");
+    tracing::info!(workers, "{name} workers started");
     let mut next = 0usize;
     loop {
         let permit = tokio::select! {
@@ -111,16 +175,16 @@ pub async fn serve(
             watcher: graceful.watcher(),
         };
         if queues[next % workers].send(accepted).is_err() {
-            tracing::error!(worker = next % workers, "routing worker is gone");
+            tracing::error!(worker = next % workers, "{name} worker is gone");
         }
         next = next.wrapping_add(1);
     }
     drop(listener);
     drop(queues);
-    tracing::info!(grace = ?limits.shutdown_grace, "no longer accepting; draining connections");
+    tracing::info!(grace = ?limits.shutdown_grace, "{name} listener no longer accepting; draining connections");
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(limits.shutdown_grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
+        _ = graceful.shutdown() => tracing::info!("{name} listener: all connections drained"),
+        _ = tokio::time::sleep(limits.shutdown_grace) => tracing::warn!("{name} listener: shutdown grace period over; closing the remaining connections"),
     }
     stop_workers.cancel();
     let joined = tokio::task::spawn_blocking(move || {
@@ -146,24 +210,26 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Starts worker `index`: a thread with a single-threaded runtime that serves the connections
-/// it receives, until `stop` (which comes after the drain).
-fn spawn_worker(
-    index: usize,
+/// Starts a worker: a thread named `thread_name` with a single-threaded runtime that serves
+/// the connections it receives, until `stop` (which comes after the drain). It keeps its idle
+/// upstream connections in pool shard `shard`.
+fn spawn_worker<H: Handler>(
+    thread_name: String,
+    shard: usize,
     mut queue: mpsc::UnboundedReceiver<Accepted>,
-    fwd: Arc<Forwarder>,
+    fwd: Arc<H>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     acceptor: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
-        .name(format!("dtable-proxy-w{index}"))
+        .name(thread_name)
         .spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a worker runtime can be built");
-            crate::pool::set_worker(index);
+            crate::pool::set_worker(shard);
             rt.block_on(async move {
                 while let Some(a) = queue.recv().await {
                     serve_connection(a, &fwd, &builder, acceptor.as_ref());
@@ -176,9 +242,9 @@ fn spawn_worker(
 
 /// Serves one client connection on the current worker, after a TLS handshake when
 /// `acceptor` is set.
-fn serve_connection(
+fn serve_connection<H: Handler>(
     a: Accepted,
-    fwd: &Arc<Forwarder>,
+    fwd: &Arc<H>,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     acceptor: Option<&TlsAcceptor>,
 ) {
@@ -214,11 +280,11 @@ fn serve_connection(
 }
 
 /// Speaks HTTP on one client connection until it ends or the drain closes it.
-async fn http<I>(
+async fn http<I, H: Handler>(
     io: I,
     peer: SocketAddr,
     tls: bool,
-    fwd: Arc<Forwarder>,
+    fwd: Arc<H>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
 ) where
@@ -228,7 +294,7 @@ async fn http<I>(
     let svc = service_fn(move |req| {
         let fwd = Arc::clone(&fwd);
         let client = Arc::clone(&client);
-        async move { Ok::<_, std::convert::Infallible>(fwd.handle(req, &client).await) }
+        async move { Ok::<_, std::convert::Infallible>(fwd.call(req, &client).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {

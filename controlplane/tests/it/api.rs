@@ -8,7 +8,8 @@ use std::time::Duration;
 use dtable_proto::v1 as pb;
 use dtable_proto::v1::control_plane_client::ControlPlaneClient;
 use dtable_testkit::cluster::{
-    ControlPlane, Farm, balanced_over, put_node, read_assignment, spawn_controlplane, spawn_server,
+    ControlPlane, Farm, balanced_over, put_node, read_assignment, read_slaves, spawn_controlplane,
+    spawn_server, spawn_slave_agent, spawn_slave_sim,
 };
 use dtable_testkit::{Etcd, http, wait_until};
 use serde_json::Value;
@@ -424,4 +425,131 @@ async fn watch_assignment_yields_a_snapshot_then_bucket_changes_when_a_node_leav
         moves.moves.is_empty(),
         "a failover is not a planned move: {moves:?}"
     );
+}
+
+#[tokio::test]
+async fn slaves_are_listed_with_role_slave_and_refuse_cordons() {
+    let etcd = Etcd::start().await;
+    let farm = Farm::new();
+    let client = etcd.client().await;
+    let cp = spawn_controlplane(&etcd, "cp1", 3, &[]);
+    let server = spawn_server(&etcd, &farm, "dtable-server-a", 10, &[]);
+    // A slave loads bases through a proxy; this one is never asked for a base.
+    let mut slave = spawn_slave_sim("dtable-server-slave-1", "http://127.0.0.1:1", &[]);
+    let _agent = spawn_slave_agent(&etcd, &slave.node_id, 10, &slave.url(), &[]);
+    let owners = [server.node_id()];
+    wait_until("balanced over the server", SETTLE, || {
+        balanced_over(&client, &owners)
+    })
+    .await;
+    wait_until("the slave listed", SETTLE, || async {
+        let (status, body) = get_json(cp.http, "/api/v1/nodes").await;
+        status == 200 && body["nodes"].as_array().is_some_and(|n| n.len() == 2)
+    })
+    .await;
+
+    // Servers first, then slaves.
+    let (_, body) = get_json(cp.http, "/api/v1/nodes").await;
+    let listed = body["nodes"].as_array().unwrap();
+    assert_eq!(listed[0]["node_id"], server.node_id());
+    assert_eq!(listed[0]["role"], "server");
+    let s = &listed[1];
+    assert_eq!(s["node_id"], slave.node_id.as_str());
+    assert_eq!(
+        (s["role"].as_str(), s["healthy"].as_bool()),
+        (Some("slave"), Some(true))
+    );
+    assert_eq!(s["bucket_count"], 0);
+    assert_eq!(s["local_node_url"], slave.url());
+    assert_eq!(
+        (s["cordoned"].as_bool(), s["draining"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_ne!(s["lease_id"].as_i64().unwrap(), 0);
+    let ttl = s["lease_ttl_seconds"].as_i64().unwrap();
+    assert!((1..=10).contains(&ttl), "lease TTL {ttl} of {s}");
+    let (_, status) = get_json(cp.http, "/api/v1/status").await;
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(status["nodes"][1]["role"], "slave");
+    assert!(
+        status["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["node_id"] == server.node_id()),
+        "no bucket names the slave"
+    );
+    let mut g = grpc(&cp).await;
+    let nodes = g
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    let roles: Vec<(&str, &str, bool)> = nodes
+        .iter()
+        .map(|n| (n.node_id.as_str(), n.role.as_str(), n.healthy))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            (server.node_id(), "server", true),
+            (slave.node_id.as_str(), "slave", true)
+        ]
+    );
+
+    // A slave owns no buckets: no cordon, drain or uncordon, over HTTP or gRPC.
+    for action in ["cordon", "drain", "uncordon"] {
+        let path = format!("/api/v1/nodes/{}/{action}", slave.node_id);
+        let (status, body) = post(cp.http, &path, "").await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "bad_request"),
+            "{action}: {body}"
+        );
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("slaves own no buckets"), "{error}");
+    }
+    let err = g
+        .drain(pb::NodeRequest {
+            node_id: slave.node_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let cordons = client
+        .clone()
+        .get(
+            "dtable-cluster/cordon/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert!(cordons.kvs().is_empty(), "a refused intent wrote a cordon");
+
+    // The slave dies: its agent revokes the registration, and the stream says so.
+    let mut sse = Sse::open(cp.http).await;
+    assert_eq!(sse.next().await["kind"], "snapshot");
+    slave.kill9();
+    let left = loop {
+        let e = sse.next().await;
+        if e["kind"] == "node" {
+            break e;
+        }
+    };
+    assert_eq!(
+        (
+            left["change"].as_str(),
+            left["node_id"].as_str(),
+            left["role"].as_str()
+        ),
+        (Some("left"), Some(slave.node_id.as_str()), Some("slave"))
+    );
+    assert_eq!(
+        left["text"].as_str(),
+        Some(format!("slave {} left", slave.node_id).as_str())
+    );
+    let (_, body) = get_json(cp.http, "/api/v1/nodes").await;
+    assert_eq!(body["nodes"].as_array().unwrap().len(), 1);
+    assert!(read_slaves(&client).await.is_empty());
 }

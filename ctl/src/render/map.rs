@@ -37,11 +37,15 @@ pub struct Legend {
 }
 
 impl Legend {
-    /// Gives each node a symbol: registered nodes in node-id order, then owners named by the
-    /// assignment but not registered (a node that left and whose buckets are not yet
-    /// reassigned).
+    /// Gives each node a symbol: registered servers in node-id order, then owners named by
+    /// the assignment but not registered (a node that left and whose buckets are not yet
+    /// reassigned). Slaves own no buckets and get none.
     pub fn new(nodes: &[pb::Node], assignment: &pb::Assignment) -> Legend {
-        let registered: BTreeSet<String> = nodes.iter().map(|n| n.node_id.clone()).collect();
+        let registered: BTreeSet<String> = nodes
+            .iter()
+            .filter(|n| !super::text::is_slave(n))
+            .map(|n| n.node_id.clone())
+            .collect();
         let unregistered: BTreeSet<String> = assignment
             .buckets
             .iter()
@@ -280,6 +284,18 @@ mod tests {
             text.lines()
                 .any(|l| l.starts_with("* ") && l.contains("moving"))
         );
+    }
+
+    #[test]
+    fn slaves_get_no_symbol_and_stay_out_of_the_legend() {
+        let (assignment, mut nodes, moves) = fixtures::cluster();
+        let servers = Legend::new(&nodes, &assignment);
+        nodes.extend(fixtures::slaves());
+        let legend = Legend::new(&nodes, &assignment);
+        assert_eq!(legend, servers, "slaves change no symbol");
+        assert_eq!(legend.symbol("dtable-server-slave-1"), OTHER);
+        let text = legend_lines(&assignment, &nodes, &moves, &legend, Style::PLAIN);
+        assert!(!text.contains("slave"), "{text}");
     }
 
     #[test]

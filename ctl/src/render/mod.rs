@@ -161,4 +161,26 @@ pub mod fixtures {
         }];
         (assignment, nodes, moves)
     }
+
+    /// Two slaves, the second reported unhealthy.
+    pub fn slaves() -> Vec<pb::Node> {
+        (1..=2)
+            .map(|i| pb::Node {
+                node_id: format!("dtable-server-slave-{i}"),
+                node_url: format!("https://cloud.example/slave-{i}/"),
+                local_node_url: format!("http://10.0.1.{i}:4000/"),
+                state: "active".to_owned(),
+                weight: 1,
+                version: "5.3.0".to_owned(),
+                bucket_count: 0,
+                lease_id: 8000 + i,
+                cordoned: false,
+                draining: false,
+                lease_ttl_seconds: 8,
+                started_at: "2026-11-25T10:00:00Z".to_owned(),
+                role: "slave".to_owned(),
+                healthy: i == 1,
+            })
+            .collect()
+    }
 }

@@ -21,6 +21,26 @@ pub fn cordon_note(node: &pb::Node) -> &'static str {
     }
 }
 
+/// Whether a listed node is a read replica (a dtable-server-slave): it owns no bucket and is
+/// never cordoned. An empty role (an older control plane) is a server.
+pub fn is_slave(node: &pb::Node) -> bool {
+    node.role == "slave"
+}
+
+/// `server` or `slave`, as the ROLE column shows it.
+fn role(node: &pb::Node) -> &str {
+    if node.role.is_empty() {
+        "server"
+    } else {
+        &node.role
+    }
+}
+
+/// `healthy` or `unhealthy`, as the HEALTH column shows it.
+fn health(node: &pb::Node) -> &'static str {
+    if node.healthy { "healthy" } else { "unhealthy" }
+}
+
 /// A node id, or `(unassigned)` for the empty one.
 fn owner(id: &str) -> &str {
     if id.is_empty() { "(unassigned)" } else { id }
@@ -34,7 +54,9 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 /// `status`: who leads, the revision, node and bucket counts, moves in flight, the map and
 /// its legend.
 pub fn status(data: &StatusData, style: Style) -> String {
-    let nodes = &data.nodes.nodes;
+    let (slaves, servers): (Vec<pb::Node>, Vec<pb::Node>) =
+        data.nodes.nodes.iter().cloned().partition(is_slave);
+    let nodes = &servers;
     let moves = data.moves();
     let role = if data.leader.this_instance_leads {
         "leader"
@@ -71,17 +93,22 @@ pub fn status(data: &StatusData, style: Style) -> String {
             format!("{} in flight: {}", moves.len(), shown.join(", "))
         }
     };
-    let rows = [
+    let mut rows = vec![
         ("control plane", format!("{} ({role})", data.url)),
         ("leader", leader),
         ("revision", data.assignment.revision.to_string()),
         ("nodes", node_counts(nodes)),
+    ];
+    if !slaves.is_empty() {
+        rows.push(("slaves", slave_counts(&slaves)));
+    }
+    rows.extend([
         (
             "buckets",
             format!("{assigned} assigned, {unassigned} unassigned"),
         ),
         ("moves", moves_line),
-    ];
+    ]);
     let mut out = String::new();
     for (key, value) in rows {
         out.push_str(&format!("{key:<15}{value}\n"));
@@ -117,7 +144,18 @@ fn node_counts(nodes: &[pb::Node]) -> String {
     format!("{}: {}", nodes.len(), parts.join(", "))
 }
 
-/// `nodes`: one row per node, then a total.
+/// "2: 2 healthy" or "2: 1 healthy, 1 unhealthy" (the `slaves` line of `status`).
+fn slave_counts(slaves: &[pb::Node]) -> String {
+    let healthy = slaves.iter().filter(|n| n.healthy).count();
+    let mut parts = vec![format!("{healthy} healthy")];
+    if healthy < slaves.len() {
+        parts.push(format!("{} unhealthy", slaves.len() - healthy));
+    }
+    format!("{}: {}", slaves.len(), parts.join(", "))
+}
+
+/// `nodes`: one row per node (servers, then slaves, as the control plane lists them), then a
+/// total. A slave owns no bucket and is never cordoned: both columns show `-`.
 pub fn nodes(resp: &pb::ListNodesResponse) -> String {
     if resp.nodes.is_empty() {
         return format!("no nodes registered (revision {})\n", resp.revision);
@@ -126,23 +164,23 @@ pub fn nodes(resp: &pb::ListNodesResponse) -> String {
         .nodes
         .iter()
         .map(|n| {
-            let mut state = n.state.clone();
-            if !n.role.is_empty() && n.role != "server" {
-                state.push_str(&format!(" ({})", n.role));
-            }
-            if !n.healthy {
-                state.push_str(", unhealthy");
-            }
             let cordon = match cordon_note(n) {
                 "" => "-",
                 note => note,
             };
+            let held = if is_slave(n) {
+                "-".to_owned()
+            } else {
+                n.bucket_count.to_string()
+            };
             vec![
                 n.node_id.clone(),
-                state,
+                role(n).to_owned(),
+                health(n).to_owned(),
+                dash(&n.state),
                 cordon.to_owned(),
                 n.weight.to_string(),
-                n.bucket_count.to_string(),
+                held,
                 lease(n.lease_ttl_seconds),
                 dash(&n.version),
                 dash(&n.local_node_url),
@@ -153,6 +191,8 @@ pub fn nodes(resp: &pb::ListNodesResponse) -> String {
     let mut out = table(
         &[
             "NODE",
+            "ROLE",
+            "HEALTH",
             "STATE",
             "CORDON",
             "WEIGHT",
@@ -163,9 +203,17 @@ pub fn nodes(resp: &pb::ListNodesResponse) -> String {
         ],
         &rows,
     );
+    let slaves = resp.nodes.iter().filter(|n| is_slave(n)).count();
+    let count = match slaves {
+        0 => plural(resp.nodes.len(), "node", "nodes"),
+        _ => format!(
+            "{} and {}",
+            plural(resp.nodes.len() - slaves, "server", "servers"),
+            plural(slaves, "slave", "slaves")
+        ),
+    };
     out.push_str(&format!(
-        "\n{}, {held} buckets held (revision {})\n",
-        plural(resp.nodes.len(), "node", "nodes"),
+        "\n{count}, {held} buckets held (revision {})\n",
         resp.revision
     ));
     out
@@ -331,8 +379,9 @@ fn snapshot(s: &pb::Snapshot) -> String {
         .iter()
         .filter(|b| !b.node_id.is_empty())
         .count();
-    let nodes: Vec<String> = s
-        .nodes
+    let (slaves, servers): (Vec<&pb::Node>, Vec<&pb::Node>) =
+        s.nodes.iter().partition(|n| is_slave(n));
+    let nodes: Vec<String> = servers
         .iter()
         .map(|n| {
             let held = assignment
@@ -346,9 +395,21 @@ fn snapshot(s: &pb::Snapshot) -> String {
             }
         })
         .collect();
+    let slaves = match slaves.len() {
+        0 => String::new(),
+        n => format!(
+            ", {} ({})",
+            plural(n, "slave", "slaves"),
+            slaves
+                .iter()
+                .map(|s| s.node_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     format!(
-        "snapshot: {} ({}), {assigned}/{} buckets assigned, {} in flight",
-        plural(s.nodes.len(), "node", "nodes"),
+        "snapshot: {} ({}){slaves}, {assigned}/{} buckets assigned, {} in flight",
+        plural(servers.len(), "node", "nodes"),
         nodes.join(", "),
         dtable_core::BUCKET_COUNT,
         plural(s.moves.len(), "move", "moves"),
@@ -369,11 +430,17 @@ fn node_change(n: &pb::NodeChanged) -> String {
                 details.push(note.to_owned());
             }
             details.push(format!("weight {}", node.weight));
-            details.push(plural(node.bucket_count as usize, "bucket", "buckets"));
+            if !is_slave(node) {
+                details.push(plural(node.bucket_count as usize, "bucket", "buckets"));
+            }
+            if !node.healthy {
+                details.push("unhealthy".to_owned());
+            }
             if !node.local_node_url.is_empty() {
                 details.push(node.local_node_url.clone());
             }
-            format!("node {id} {}: {}", dash(&n.change), details.join(", "))
+            let what = if is_slave(node) { "slave" } else { "node" };
+            format!("{what} {id} {}: {}", dash(&n.change), details.join(", "))
         }
         None => format!("node {id} {}", dash(&n.change)),
     }
@@ -442,6 +509,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("NODE"), "{text}");
         for col in [
+            "ROLE",
+            "HEALTH",
             "STATE",
             "CORDON",
             "WEIGHT",
@@ -457,6 +526,8 @@ mod tests {
             b,
             [
                 "dtable-server-b",
+                "server",
+                "healthy",
                 "active",
                 "cordoned",
                 "1",
@@ -467,11 +538,102 @@ mod tests {
             ]
         );
         let c: Vec<&str> = lines[3].split_whitespace().collect();
-        assert_eq!(c[1..3], ["draining", "draining"]);
-        assert_eq!(c[5], "80s");
+        assert_eq!(c[3..5], ["draining", "draining"]);
+        assert_eq!(c[7], "80s");
         assert!(
             text.ends_with("3 nodes, 255 buckets held (revision 9)\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn slaves_show_their_role_and_health_and_hold_no_buckets() {
+        let (assignment, mut nodes, moves) = fixtures::cluster();
+        nodes.extend(fixtures::slaves());
+        let text = super::nodes(&pb::ListNodesResponse {
+            revision: 9,
+            nodes: nodes.clone(),
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        let s1: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(
+            s1,
+            [
+                "dtable-server-slave-1",
+                "slave",
+                "healthy",
+                "active",
+                "-",
+                "1",
+                "-",
+                "8s",
+                "5.3.0",
+                "http://10.0.1.1:4000/"
+            ],
+            "{text}"
+        );
+        let s2: Vec<&str> = lines[5].split_whitespace().collect();
+        assert_eq!(s2[1..3], ["slave", "unhealthy"], "{text}");
+        assert!(
+            text.ends_with("3 servers and 2 slaves, 255 buckets held (revision 9)\n"),
+            "{text}"
+        );
+
+        let mut data = status_data();
+        data.nodes.nodes = nodes.clone();
+        let status = status(&data, Style::PLAIN);
+        assert!(
+            status.contains("nodes          3: 1 active, 1 cordoned, 1 draining\n"),
+            "slaves are not counted as nodes:\n{status}"
+        );
+        assert!(
+            status.contains("slaves         2: 1 healthy, 1 unhealthy\n"),
+            "{status}"
+        );
+        assert!(
+            !status.contains("dtable-server-slave"),
+            "the map and its legend never show slaves:\n{status}"
+        );
+        assert!(
+            !super::status(&status_data(), Style::PLAIN).contains("slaves "),
+            "no slaves line without slaves"
+        );
+
+        let snapshot = event(
+            "t",
+            &pb::ClusterEvent {
+                revision: 1,
+                event: Some(Event::Snapshot(pb::Snapshot {
+                    assignment: Some(assignment),
+                    nodes: nodes.clone(),
+                    moves,
+                })),
+            },
+        );
+        assert!(
+            snapshot.contains(
+                "snapshot: 3 nodes (dtable-server-a 85, dtable-server-b 85 cordoned, \
+                 dtable-server-c 85 draining), 2 slaves (dtable-server-slave-1, \
+                 dtable-server-slave-2), 255/256"
+            ),
+            "{snapshot}"
+        );
+        let joined = event(
+            "t",
+            &pb::ClusterEvent {
+                revision: 2,
+                event: Some(Event::Node(pb::NodeChanged {
+                    node: Some(nodes[3].clone()),
+                    node_id: nodes[3].node_id.clone(),
+                    change: "joined".to_owned(),
+                })),
+            },
+        );
+        assert!(
+            joined.ends_with(
+                "slave dtable-server-slave-1 joined: active, weight 1, http://10.0.1.1:4000/"
+            ),
+            "{joined}"
         );
     }
 

@@ -122,7 +122,8 @@ async fn nodes_prints_a_table_and_json() {
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
         [
-            "NODE", "STATE", "CORDON", "WEIGHT", "BUCKETS", "LEASE", "VERSION", "LOCAL", "URL"
+            "NODE", "ROLE", "HEALTH", "STATE", "CORDON", "WEIGHT", "BUCKETS", "LEASE", "VERSION",
+            "LOCAL", "URL"
         ]
     );
     for (i, node) in cluster().nodes.iter().enumerate() {
@@ -135,6 +136,8 @@ async fn nodes_prints_a_table_and_json() {
             cells,
             [
                 node.node_id.as_str(),
+                "server",
+                "healthy",
                 "active",
                 cordon,
                 weight.as_str(),

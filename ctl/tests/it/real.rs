@@ -11,6 +11,7 @@ use dtable_testkit::{Etcd, wait_until};
 use crate::{SETTLE, run, run_env};
 
 const NODES: [&str; 3] = ["dtable-server-r1", "dtable-server-r2", "dtable-server-r3"];
+const SLAVE: &str = "dtable-server-slave-r";
 
 #[tokio::test]
 async fn nodes_and_lookup_against_a_real_control_plane() {
@@ -23,16 +24,37 @@ async fn nodes_and_lookup_against_a_real_control_plane() {
     for b in 0..=255u8 {
         put_assign(&client, b, NODES[usize::from(b) % 3]).await;
     }
+    // A read replica, registered as its agent registers it.
+    let slave = serde_json::json!({
+        "node_id": SLAVE,
+        "node_url": "https://cloud.example/slave/",
+        "local_node_url": "http://127.0.0.1:4001/",
+        "role": "slave",
+        "version": "5.3.0",
+    });
+    client
+        .clone()
+        .put(
+            format!("dtable-cluster/slaves/{SLAVE}"),
+            slave.to_string(),
+            None,
+        )
+        .await
+        .unwrap();
     let cp = spawn_controlplane(&etcd, "cp1", 3, &[]);
     let url = format!("http://{}", cp.grpc);
 
-    wait_until("the control plane serves three nodes", SETTLE, || {
-        let url = url.clone();
-        async move {
-            let out = run(&["--controlplane", &url, "--json", "nodes"]).await;
-            out.code == Some(0) && out.json()["nodes"].as_array().is_some_and(|n| n.len() == 3)
-        }
-    })
+    wait_until(
+        "the control plane serves three nodes and a slave",
+        SETTLE,
+        || {
+            let url = url.clone();
+            async move {
+                let out = run(&["--controlplane", &url, "--json", "nodes"]).await;
+                out.code == Some(0) && out.json()["nodes"].as_array().is_some_and(|n| n.len() == 4)
+            }
+        },
+    )
     .await;
 
     let counts = bucket_counts(&client).await;
@@ -46,14 +68,43 @@ async fn nodes_and_lookup_against_a_real_control_plane() {
             .find(|l| l.starts_with(node))
             .unwrap_or_else(|| panic!("{node} missing:\n{}", out.stdout));
         let cells: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cells[1], "active", "{line}");
-        assert_eq!(cells[4], counts[node].to_string(), "{line}");
+        assert_eq!(cells[1..4], ["server", "healthy", "active"], "{line}");
+        assert_eq!(cells[6], counts[node].to_string(), "{line}");
         assert_eq!(
             cells.last().copied(),
             records[node]["local_node_url"].as_str(),
             "{line}"
         );
     }
+
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(SLAVE))
+        .unwrap_or_else(|| panic!("{SLAVE} missing:\n{}", out.stdout));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            SLAVE,
+            "slave",
+            "healthy",
+            "active",
+            "-",
+            "1",
+            "-",
+            "-",
+            "5.3.0",
+            "http://127.0.0.1:4001/"
+        ],
+        "{line}"
+    );
+    assert!(
+        out.stdout
+            .contains("\n3 servers and 1 slave, 256 buckets held (revision "),
+        "{}",
+        out.stdout
+    );
 
     let assignment = read_assignment(&client).await;
     for uuid in [
@@ -95,6 +146,12 @@ async fn nodes_and_lookup_against_a_real_control_plane() {
     assert!(
         out.stdout
             .contains("buckets        256 assigned, 0 unassigned"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("nodes          3: 3 active\nslaves         1: 1 healthy\n"),
         "{}",
         out.stdout
     );

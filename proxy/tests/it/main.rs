@@ -6,6 +6,7 @@ mod holding;
 mod lifecycle;
 mod routing;
 mod security;
+mod slaves;
 mod streaming;
 mod upgrades;
 
