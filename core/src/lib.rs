@@ -17,10 +17,10 @@ pub use timing::LeaseTiming;
 pub use view::{ClusterView, KvMeta};
 
 #[cfg(feature = "etcd")]
+pub mod auth;
+#[cfg(feature = "etcd")]
 pub mod cli;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[cfg(feature = "etcd")]
 pub mod tls;
-#[cfg(feature = "etcd")]
-pub mod auth;
