@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tonic::transport::Channel;
 
-use crate::SETTLE;
+use crate::{SETTLE, STARTUP};
 
 /// `GET path` as JSON: the status and the body.
 pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
@@ -272,7 +272,7 @@ async fn status_has_256_buckets_and_the_event_stream_opens_with_a_snapshot() {
         .iter()
         .map(|n| spawn_server(&etcd, &farm, n, 10, &[]))
         .collect();
-    wait_until("balanced over two", SETTLE, || {
+    wait_until("balanced over two", STARTUP, || {
         balanced_over(&client, &nodes)
     })
     .await;
@@ -359,7 +359,7 @@ async fn watch_assignment_yields_a_snapshot_then_bucket_changes_when_a_node_leav
         .iter()
         .map(|n| spawn_server(&etcd, &farm, n, 3, &[]))
         .collect();
-    wait_until("balanced over two", SETTLE, || {
+    wait_until("balanced over two", STARTUP, || {
         balanced_over(&client, &nodes)
     })
     .await;
@@ -438,7 +438,7 @@ async fn slaves_are_listed_with_role_slave_and_refuse_cordons() {
     let mut slave = spawn_slave_sim("dtable-server-slave-1", "http://127.0.0.1:1", &[]);
     let _agent = spawn_slave_agent(&etcd, &slave.node_id, 10, &slave.url(), &[]);
     let owners = [server.node_id()];
-    wait_until("balanced over the server", SETTLE, || {
+    wait_until("balanced over the server", STARTUP, || {
         balanced_over(&client, &owners)
     })
     .await;

@@ -12,7 +12,7 @@ use dtable_testkit::cluster::{
 };
 use dtable_testkit::{Etcd, http, wait_until};
 
-use crate::SETTLE;
+use crate::{SETTLE, STARTUP};
 
 async fn leader_name(cp: &dtable_testkit::cluster::ControlPlane) -> Option<(String, bool)> {
     let resp = http::get(cp.http, "/api/v1/leader").await.ok()?;
@@ -37,7 +37,7 @@ async fn a_standby_takes_over_and_repairs_changes_made_meanwhile() {
         .iter()
         .map(|n| spawn_server(&etcd, &farm, n, 10, &[]))
         .collect();
-    wait_until("balanced over two", SETTLE, || {
+    wait_until("balanced over two", STARTUP, || {
         balanced_over(&client, &nodes)
     })
     .await;

@@ -17,8 +17,8 @@ use dtable_testkit::{Etcd, wait_until};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use serde_json::Value;
 
-use crate::SETTLE;
 use crate::api::{get_json, grpc, post, wait_ready};
+use crate::{SETTLE, STARTUP};
 
 const NODES: [&str; 3] = ["dtable-server-a", "dtable-server-b", "dtable-server-c"];
 
@@ -85,7 +85,7 @@ async fn a_cordon_survives_a_restart_and_gets_none_of_a_leavers_buckets() {
         .iter()
         .map(|n| spawn_server(&etcd, &farm, n, 3, &[]))
         .collect();
-    wait_until("balanced over three", SETTLE, || {
+    wait_until("balanced over three", STARTUP, || {
         balanced_over(&client, &NODES)
     })
     .await;
@@ -141,7 +141,7 @@ async fn a_drain_hands_a_live_nodes_buckets_away_and_an_uncordon_brings_them_bac
         .iter()
         .map(|n| spawn_server(&etcd, &farm, n, 10, &[]))
         .collect();
-    wait_until("balanced over three", SETTLE, || {
+    wait_until("balanced over three", STARTUP, || {
         balanced_over(&client, &NODES)
     })
     .await;
@@ -233,7 +233,7 @@ async fn intents_accepted_by_a_standby_are_carried_out_by_the_leader() {
         .iter()
         .map(|n| spawn_server(&etcd, &farm, n, 10, &[]))
         .collect();
-    wait_until("balanced over three", SETTLE, || {
+    wait_until("balanced over three", STARTUP, || {
         balanced_over(&client, &NODES)
     })
     .await;

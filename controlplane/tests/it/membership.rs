@@ -9,7 +9,7 @@ use dtable_testkit::cluster::{
 };
 use dtable_testkit::{Etcd, wait_until};
 
-use crate::SETTLE;
+use crate::{SETTLE, STARTUP};
 
 const NODES: [&str; 3] = ["dtable-server-a", "dtable-server-b", "dtable-server-c"];
 
@@ -76,7 +76,7 @@ async fn a_killed_agent_loses_exactly_its_buckets_after_its_lease_expires() {
         .iter()
         .map(|n| spawn_server(&etcd, &farm, n, 3, &[]))
         .collect();
-    wait_until("balanced over three", SETTLE, || {
+    wait_until("balanced over three", STARTUP, || {
         balanced_over(&client, &NODES)
     })
     .await;
@@ -124,7 +124,7 @@ async fn a_sigterm_drains_the_node_by_handoff_and_exits_zero() {
         .iter()
         .map(|n| spawn_server(&etcd, &farm, n, 30, &[]))
         .collect();
-    wait_until("balanced over three", SETTLE, || {
+    wait_until("balanced over three", STARTUP, || {
         balanced_over(&client, &NODES)
     })
     .await;
@@ -169,7 +169,7 @@ async fn a_fourth_agent_takes_64_buckets_from_the_others_only() {
         .iter()
         .map(|n| spawn_server(&etcd, &farm, n, 10, &[]))
         .collect();
-    wait_until("balanced over three", SETTLE, || {
+    wait_until("balanced over three", STARTUP, || {
         balanced_over(&client, &NODES)
     })
     .await;
