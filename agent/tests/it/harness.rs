@@ -7,12 +7,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dtable_testkit::cluster::{
-    ControlPlane, Farm, Proxy, Server, balanced_over, spawn_controlplane, spawn_proxy, spawn_server,
+    ControlPlane, Farm, Proxy, Server, balanced_over, read_nodes, spawn_controlplane, spawn_proxy,
+    spawn_server,
 };
 use dtable_testkit::{Etcd, http, wait_until};
 
 /// Generous bound for settling on a loaded two-core machine.
 pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// Bound for the buckets to settle over a set of servers. Generous: on a loaded box a server
+/// whose health probes time out during start-up is fenced, registers again and then waits
+/// out the control plane's rejoin hold (30 s) before it is given buckets.
+pub const BALANCE: Duration = Duration::from_secs(90);
 
 /// A running cluster.
 pub struct Cluster {
@@ -53,7 +59,27 @@ impl Cluster {
             servers,
             proxy,
         };
+        // With --auto-rebalance=false the first server to register may get every bucket
+        // before the others come: once all are registered, one rebalance request (an intent;
+        // the leader clears it when balanced) spreads them either way.
+        wait_until("every server registered", BALANCE, || async {
+            read_nodes(&c.client).await.len() == n
+        })
+        .await;
+        c.client
+            .clone()
+            .put("dtable-cluster/requests/rebalance", "{}", None)
+            .await
+            .expect("write the rebalance request");
         c.wait_balanced(&(0..n).collect::<Vec<_>>()).await;
+        wait_until("the rebalance request carried out", BALANCE, || async {
+            c.client
+                .clone()
+                .get("dtable-cluster/requests/rebalance", None)
+                .await
+                .is_ok_and(|r| r.kvs().is_empty())
+        })
+        .await;
         let admin = c.proxy.admin;
         wait_until("proxy ready", SETTLE, || async move {
             http::get(admin, "/readyz")
@@ -73,7 +99,7 @@ impl Cluster {
     pub async fn wait_balanced(&self, idx: &[usize]) {
         let names: Vec<String> = idx.iter().map(|i| self.node(*i)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        wait_until("balanced assignment", SETTLE, || {
+        wait_until("balanced assignment", BALANCE, || {
             balanced_over(&self.client, &refs)
         })
         .await;

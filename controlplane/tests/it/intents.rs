@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use dtable_proto::v1 as pb;
 use dtable_testkit::cluster::{
-    ControlPlane, Farm, balanced_over, bucket_counts, read_assignment, spawn_controlplane,
-    spawn_server,
+    ControlPlane, Farm, balanced_over, bucket_counts, read_assignment, read_nodes,
+    spawn_controlplane, spawn_server,
 };
 use dtable_testkit::{Etcd, wait_until};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
@@ -141,6 +141,14 @@ async fn a_drain_hands_a_live_nodes_buckets_away_and_an_uncordon_brings_them_bac
         .iter()
         .map(|n| spawn_server(&etcd, &farm, n, 10, &[]))
         .collect();
+    // Without auto-rebalance the first server to register may get every bucket before the
+    // others come; one rebalance request, once all three are there, spreads them.
+    wait_until("three registered", STARTUP, || async {
+        read_nodes(&client).await.len() == 3
+    })
+    .await;
+    let (status, answer) = post(cp.http, "/api/v1/rebalance", "").await;
+    assert_eq!(status, 200, "{answer}");
     wait_until("balanced over three", STARTUP, || {
         balanced_over(&client, &NODES)
     })
