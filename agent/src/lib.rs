@@ -62,6 +62,13 @@ pub async fn run(
     }
 }
 
+/// Starts probing the server's health until `stop`; the receiver follows the verdict.
+fn start_probe(cfg: &AgentConfig, stop: &CancellationToken) -> watch::Receiver<Health> {
+    let (health_tx, health_rx) = watch::channel(Health::default());
+    tokio::spawn(health::run(cfg.probe.clone(), health_tx, stop.clone()));
+    health_rx
+}
+
 /// Beside a slave: register it while it is healthy; no local push API.
 async fn run_slave(
     cfg: AgentConfig,
@@ -71,12 +78,7 @@ async fn run_slave(
     let http = bind(cfg.http_listen).await?;
     let client = connect(&cfg.etcd).await?;
     let background = CancellationToken::new();
-    let (health_tx, health_rx) = watch::channel(Health::default());
-    tokio::spawn(health::run(
-        cfg.probe.clone(),
-        health_tx,
-        background.clone(),
-    ));
+    let health_rx = start_probe(&cfg, &background);
     tokio::spawn(ops::serve_http(http, metrics, background.clone()));
     tracing::info!(http = %cfg.http_listen, health = %cfg.probe.url, "slave agent listening");
     let sup = slave::SlaveSupervisor {
@@ -98,12 +100,7 @@ async fn run_seatable(
     let http = bind(cfg.http_listen).await?;
     let client = connect(&cfg.etcd).await?;
     let background = CancellationToken::new();
-    let (health_tx, health_rx) = watch::channel(Health::default());
-    tokio::spawn(health::run(
-        cfg.probe.clone(),
-        health_tx,
-        background.clone(),
-    ));
+    let health_rx = start_probe(&cfg, &background);
     let (registrations, registration_rx) = seatable::RegistrationWatch::new(
         client.clone(),
         cfg.keys.node(&cfg.node_id),
@@ -138,12 +135,7 @@ async fn run_managed(
 
     let (watcher, view_rx) = ClusterWatch::new(client.clone(), cfg.keys.clone());
     tokio::spawn(watcher.run(background.clone()));
-    let (health_tx, health_rx) = watch::channel(Health::default());
-    tokio::spawn(health::run(
-        cfg.probe.clone(),
-        health_tx,
-        background.clone(),
-    ));
+    let health_rx = start_probe(&cfg, &background);
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Fenced);
     let initial = PushState::compute(&view_rx.borrow(), &cfg.node_id, &Phase::Fenced, 0);

@@ -9,7 +9,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::CONTENT_LENGTH;
 
 use crate::pool::PooledBody;
 use crate::slaves::InFlight;
@@ -79,19 +81,40 @@ pub struct Copy {
     complete: bool,
 }
 
+/// Why a client's request body could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client's body could not be read.
+    #[error("cannot read the request body: {0}")]
+    Read(String),
+    /// The request body exceeded the length it declared.
+    #[error("request body larger than its Content-Length")]
+    TooLarge,
+}
+
 impl Payload {
-    /// Prepares a request body: buffers it when its declared length is within `limit`.
+    /// Prepares a request body: buffers it when its declared `Content-Length` (in `headers`)
+    /// is within `limit`.
     pub async fn prepare(
+        headers: &HeaderMap,
         body: Incoming,
-        content_length: Option<u64>,
         limit: usize,
-    ) -> Result<Payload, BoxError> {
+    ) -> Result<Payload, BodyError> {
         if body.is_end_stream() {
             return Ok(Payload::Buffered(Bytes::new()));
         }
+        let content_length = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         match content_length {
             Some(len) if len <= limit as u64 => {
-                let collected = Limited::new(body, limit).collect().await?;
+                let collected = Limited::new(body, limit).collect().await.map_err(|e| {
+                    if e.downcast_ref::<LengthLimitError>().is_some() {
+                        BodyError::TooLarge
+                    } else {
+                        BodyError::Read(e.to_string())
+                    }
+                })?;
                 Ok(Payload::Buffered(collected.to_bytes()))
             }
             _ => Ok(Payload::Streaming {
@@ -136,11 +159,6 @@ impl Payload {
 /// A buffered upstream body; an empty one ends at once.
 pub fn full(bytes: Bytes) -> UpstreamBody {
     UpstreamBody::Full((!bytes.is_empty()).then_some(bytes))
-}
-
-/// Whether an error came from a body over its length limit.
-pub fn is_too_large(e: &BoxError) -> bool {
-    e.downcast_ref::<LengthLimitError>().is_some()
 }
 
 /// A client's body on its way upstream, with a copy kept while it is small.

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 pub use crate::body::ClientBody;
-use crate::body::{Payload, UpstreamBody, is_too_large};
+use crate::body::{BodyError, Payload, UpstreamBody};
 use crate::locate::bucket_of;
 use crate::metrics::ProxyMetrics;
 use crate::pool::SendError;
@@ -111,12 +111,9 @@ pub enum ForwardError {
         /// The connection error.
         reason: String,
     },
-    /// The client's body could not be read.
-    #[error("cannot read the request body: {0}")]
-    Body(String),
-    /// The request body exceeded the limit it declared.
-    #[error("request body larger than its Content-Length")]
-    BodyTooLarge,
+    /// The client's body could not be taken.
+    #[error(transparent)]
+    Body(#[from] BodyError),
 }
 
 impl ForwardError {
@@ -135,7 +132,6 @@ impl ForwardError {
                 (StatusCode::BAD_GATEWAY, "upstream_unreachable", false)
             }
             ForwardError::Body(_) => (StatusCode::BAD_REQUEST, "bad_body", false),
-            ForwardError::BodyTooLarge => (StatusCode::BAD_REQUEST, "bad_body", false),
         }
     }
 
@@ -231,20 +227,8 @@ impl Forwarder {
                 .await;
         }
         let (mut parts, body) = req.into_parts();
-        let content_length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let limit = self.settings.retry_body_limit;
-        let mut payload = Payload::prepare(body, content_length, limit)
-            .await
-            .map_err(|e| {
-                if is_too_large(&e) {
-                    ForwardError::BodyTooLarge
-                } else {
-                    ForwardError::Body(e.to_string())
-                }
-            })?;
+        let mut payload = Payload::prepare(&parts.headers, body, limit).await?;
 
         // The headers every attempt sends, made once.
         let h2 = parts.version == Version::HTTP_2;

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{ClientBody, Payload, UpstreamBody, is_too_large};
+use crate::body::{BodyError, ClientBody, Payload, UpstreamBody};
 use crate::forward::{
     Forwarder, Peer, add_forwarding, finish, json_response, strip_hop_by_hop, upstream_path,
 };
@@ -337,12 +337,9 @@ pub enum SlaveError {
         /// The connection error.
         reason: String,
     },
-    /// The client's body could not be read.
-    #[error("cannot read the request body: {0}")]
-    Body(String),
-    /// The request body exceeded the length it declared.
-    #[error("request body larger than its Content-Length")]
-    BodyTooLarge,
+    /// The client's body could not be taken.
+    #[error(transparent)]
+    Body(#[from] BodyError),
     /// The request asks to switch protocols, which the slave port does not do.
     #[error("the slave port serves plain HTTP requests only; use the routing port for WebSockets")]
     Upgrade,
@@ -357,9 +354,7 @@ impl SlaveError {
             SlaveError::Unreachable { .. } => {
                 (StatusCode::BAD_GATEWAY, "upstream_unreachable", false)
             }
-            SlaveError::Body(_) | SlaveError::BodyTooLarge => {
-                (StatusCode::BAD_REQUEST, "bad_body", false)
-            }
+            SlaveError::Body(_) => (StatusCode::BAD_REQUEST, "bad_body", false),
             SlaveError::Upgrade => (StatusCode::NOT_IMPLEMENTED, "upgrade_unsupported", false),
         }
     }
@@ -477,20 +472,8 @@ impl SlaveRouter {
         drop(pool);
 
         let (mut parts, body) = req.into_parts();
-        let content_length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let limit = self.settings.retry_body_limit;
-        let mut payload = Payload::prepare(body, content_length, limit)
-            .await
-            .map_err(|e| {
-                if is_too_large(&e) {
-                    SlaveError::BodyTooLarge
-                } else {
-                    SlaveError::Body(e.to_string())
-                }
-            })?;
+        let mut payload = Payload::prepare(&parts.headers, body, limit).await?;
         // Nothing reached a slave that refused the connection, so a request without a body
         // may go to the next one; a read may go there whatever happened to the first.
         let read = matches!(parts.method, Method::GET | Method::HEAD);
