@@ -304,9 +304,17 @@ cmd_up() {
   done
 
   "$ROOT/scripts/install-deps.sh"
-  command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup.rs)"
-  echo "building (cargo build --workspace --bins)"
-  (cd "$ROOT" && cargo build --workspace --bins) || die "the build failed (cargo's output above); nothing was started"
+  if [[ ${DTABLE_LOCAL_SKIP_BUILD:-0} == 1 ]]; then
+    # For the end-to-end test: the binaries are already built, and rebuilding them would
+    # replace files other tests are running.
+    for name in dtable-agent dtable-controlplane dtable-proxy dtable-server-sim dtablectl; do
+      [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run 'cargo build --workspace --bins' first"
+    done
+  else
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup.rs)"
+    echo "building (cargo build --workspace --bins)"
+    (cd "$ROOT" && cargo build --workspace --bins) || die "the build failed (cargo's output above); nothing was started"
+  fi
 
   rm -rf "$RUN"
   mkdir -p "$RUN/storage" "$RUN/events"

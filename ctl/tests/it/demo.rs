@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{Run, run};
 
-/// `up` may build the workspace first; everything else is quick.
+/// `up` may install packages first (the binaries are built before the tests); generous.
 const UP_TIMEOUT: Duration = Duration::from_secs(900);
 const DOWN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Drains and rebalances run as handoffs, one release each; generous on a loaded box.
@@ -41,6 +41,9 @@ async fn cluster(verb: &str, limit: Duration) -> (Option<i32>, String) {
     let mut cmd = tokio::process::Command::new("bash");
     cmd.arg(script())
         .arg(verb)
+        // The workspace's binaries are built before the tests; a rebuild here would replace
+        // files that other tests are running.
+        .env("DTABLE_LOCAL_SKIP_BUILD", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

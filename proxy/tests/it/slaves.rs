@@ -519,6 +519,7 @@ async fn without_a_healthy_slave_503_or_the_owner_answers() {
     .await;
     let lease = register_slave(&s.setup.client, &backend.node_id, &backend.url()).await;
     wait_for_pool(proxy.admin, &[&backend.node_id]).await;
+    wait_for_pool(s.admin(), &[&backend.node_id]).await;
     for addr in [s.addr, fallback_addr] {
         let (resp, _) = send(&c, get(addr, &format!("/dtables/{uuid}"))).await;
         assert_eq!(resp.status(), 200);
