@@ -14,6 +14,8 @@
 #   SKIP_BUILD=1      use the binaries in target/release as they are
 #   SKIP_INSTALL=1    never call apt-get;  INSTALL_HAPROXY=0  do not try to install haproxy
 #   KEEP=DIR          copy configs, logs and raw wrk outputs to DIR at the end
+#   BASE_BIN=PATH     another dtable-proxy build, run as target "base" beside the others (for
+#                     comparing two builds in one session; add "base" to TARGETS)
 #   PROFILE=1         after the rounds, one more (uncounted) run per proxy under `perf record`;
 #                     prints each one's hottest symbols (needs perf; keep perf.data with KEEP)
 #   MAX_SECONDS=900   the whole script gives up after this long
@@ -204,14 +206,30 @@ n=$(etcdctl_ get --prefix assign- --keys-only | grep -c .)
 [[ $n == 256 ]] || die "expected 256 assign- keys in etcd, found $n"
 
 # ---------------------------------------------------------------- the proxies
+# start_dtable_proxy NAME BIN PORT ADMIN_PORT: starts BIN with flag defaults on those ports,
+# logging to NAME.log, waits for /readyz, and sets STARTED_PID.
+start_dtable_proxy() {
+    local name=$1 bin=$2 port=$3 admin=$4
+    RUST_LOG=${RUST_LOG:-warn} "${ON_SERVER_CPUS[@]}" "$bin" --etcd "127.0.0.1:$ETCD_PORT" \
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+        >"$WORK/$name.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_until "$STARTED_PID" 20 "$name /readyz" curl -sf "http://127.0.0.1:$admin/readyz"
+}
 free_port PROXY_PORT
 free_port ADMIN_PORT
-RUST_LOG=${RUST_LOG:-warn} "${ON_SERVER_CPUS[@]}" "$PROXY_BIN" --etcd "127.0.0.1:$ETCD_PORT" \
-    --listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-    >"$WORK/dtable-proxy.log" 2>&1 &
-PROXY_PID=$!
-PIDS+=("$PROXY_PID")
-wait_until "$PROXY_PID" 20 "dtable-proxy /readyz" curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz"
+start_dtable_proxy dtable-proxy "$PROXY_BIN" "$PROXY_PORT" "$ADMIN_PORT"
+PROXY_PID=$STARTED_PID
+
+BASE_PID=
+if [[ -n ${BASE_BIN:-} ]]; then
+    [[ -x $BASE_BIN ]] || die "BASE_BIN=$BASE_BIN is not an executable"
+    free_port BASE_PORT
+    free_port BASE_ADMIN_PORT
+    start_dtable_proxy base "$BASE_BIN" "$BASE_PORT" "$BASE_ADMIN_PORT"
+    BASE_PID=$STARTED_PID
+fi
 
 free_port NGINX_PORT
 mkdir -p "$WORK/nginx/tmp"
@@ -314,6 +332,7 @@ declare -A URL=(
     [nginx]=http://127.0.0.1:$NGINX_PORT
 )
 [[ -n $HAPROXY_PID ]] && URL[haproxy]=http://127.0.0.1:$HAPROXY_PORT
+[[ -n $BASE_PID ]] && URL[base]=http://127.0.0.1:$BASE_PORT
 RUN_TARGETS=()
 for t in $TARGETS; do
     if [[ -n ${URL[$t]:-} ]]; then RUN_TARGETS+=("$t"); else log "target $t not available; left out"; fi
@@ -387,6 +406,7 @@ CLK_TCK=$(getconf CLK_TCK)
 proxy_pids() {
     case $1 in
     dtable-proxy) echo "$PROXY_PID" ;;
+    base) echo "$BASE_PID" ;;
     nginx)
         echo "$NGINX_PID"
         pgrep -P "$NGINX_PID" || true
@@ -503,7 +523,7 @@ for t in "${RUN_TARGETS[@]}"; do
 done
 echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
-for other in nginx haproxy direct; do
+for other in nginx haproxy base direct; do
     [[ -n ${MED_RPS[dtable-proxy]:-} && -n ${MED_RPS[$other]:-} ]] || continue
     rr=$(ratio "${MED_RPS[dtable-proxy]}" "${MED_RPS[$other]}")
     pr=$(ratio "${MED_P99[dtable-proxy]}" "${MED_P99[$other]}")

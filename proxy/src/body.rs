@@ -108,7 +108,9 @@ impl Payload {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         match content_length {
             Some(len) if len <= limit as u64 => {
-                let collected = Limited::new(body, limit).collect().await.map_err(|e| {
+                // Boxed: the request path's future stays small for bodiless requests.
+                let collect = Box::pin(Limited::new(body, limit).collect());
+                let collected = collect.await.map_err(|e| {
                     if e.downcast_ref::<LengthLimitError>().is_some() {
                         BodyError::TooLarge
                     } else {
@@ -127,6 +129,17 @@ impl Payload {
     /// Whether the request has no body at all.
     pub fn is_empty(&self) -> bool {
         matches!(self, Payload::Buffered(bytes) if bytes.is_empty())
+    }
+
+    /// Whether [`Payload::next_attempt`] would give a body.
+    pub fn can_send_again(&self) -> bool {
+        match self {
+            Payload::Buffered(_) | Payload::Streaming { body: Some(_), .. } => true,
+            Payload::Streaming { body: None, copy } => {
+                let c = copy.lock().expect("tee copy");
+                c.complete && !c.overflowed
+            }
+        }
     }
 
     /// The body for the next attempt; `None` when it cannot be sent again (streamed and too

@@ -64,9 +64,12 @@ pub struct Args {
     /// Largest request body kept to resend after a not-owner answer, in bytes.
     #[arg(long, env = "DTABLE_PROXY_RETRY_BODY_LIMIT", default_value_t = 1 << 20)]
     pub retry_body_limit: usize,
-    /// A client must send its request head within this time.
+    /// A client must send its request head within this time of the head's first byte.
     #[arg(long, env = "DTABLE_PROXY_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
+    /// A client connection with no request in flight is closed after this long.
+    #[arg(long, env = "DTABLE_PROXY_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = duration)]
+    pub keepalive_timeout: Duration,
     /// Largest request head in bytes (at least 8192); larger ones get 431.
     #[arg(long, env = "DTABLE_PROXY_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
@@ -138,6 +141,15 @@ impl Args {
         if self.hold_timeout < Duration::from_secs(1) {
             return Err(ConfigError::field("--hold-timeout", "must be at least 1s"));
         }
+        // The watchdog rechecks a connection once per the shorter of the two.
+        for (flag, value) in [
+            ("--header-timeout", self.header_timeout),
+            ("--keepalive-timeout", self.keepalive_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(ConfigError::field(flag, "must be at least 100ms"));
+            }
+        }
         if self.max_header_bytes < 8192 {
             return Err(ConfigError::field(
                 "--max-header-bytes",
@@ -181,6 +193,7 @@ impl Args {
             },
             limits: Limits {
                 header_timeout: self.header_timeout,
+                keepalive_timeout: self.keepalive_timeout,
                 max_header_bytes: self.max_header_bytes,
                 max_connections: self.max_connections,
                 shutdown_grace: self.shutdown_grace,

@@ -201,7 +201,9 @@ impl Forwarder {
         peer: &Peer,
     ) -> Response<ClientBody> {
         let started = Instant::now();
-        let resp = match self.route_and_forward(req, peer).await {
+        // Boxed once here: the request's future is a few KiB, and hyper moves the future it
+        // gets from the service; moving a pointer is cheaper than copying the state each time.
+        let resp = match Box::pin(self.route_and_forward(req, peer)).await {
             Ok(resp) => resp,
             Err(e) => {
                 if !matches!(e, ForwardError::BadUuid(_)) {
@@ -222,9 +224,14 @@ impl Forwarder {
         let bucket = bucket_of(&req)?;
         let deadline = Instant::now() + self.settings.hold_timeout;
         if crate::upgrade::is_upgrade(&req) {
-            let target = self.resolve(bucket, deadline, None).await?;
-            return crate::upgrade::forward(self, req, bucket, target.upstream, target.epoch, peer)
-                .await;
+            // Boxed, as every rare path here: the future of a plain request is moved a few
+            // times on its way into hyper, and its size is what those moves copy.
+            return Box::pin(async move {
+                let target = self.resolve(bucket, deadline, None).await?;
+                crate::upgrade::forward(self, req, bucket, target.upstream, target.epoch, peer)
+                    .await
+            })
+            .await;
         }
         let (mut parts, body) = req.into_parts();
         let limit = self.settings.retry_body_limit;
@@ -238,6 +245,9 @@ impl Forwarder {
 
         let mut target = self.resolve(bucket, deadline, None).await?;
         let mut retried_connect = false;
+        // Set once a kept-alive connection closed under this request: the next attempt takes
+        // a new connection.
+        let mut stale = false;
         let mut backoff = Duration::from_millis(25);
         loop {
             let Some(body) = payload.next_attempt(limit) else {
@@ -254,12 +264,13 @@ impl Forwarder {
                     .map(|r| r.map(ClientBody::Upstream))
                     .map_err(SendError::from)
             } else {
-                target
-                    .upstream
-                    .pool
-                    .send(upstream_req)
-                    .await
-                    .map(|r| r.map(ClientBody::Pooled))
+                let pool = &target.upstream.pool;
+                let answer = if stale {
+                    pool.send_new(upstream_req).await
+                } else {
+                    pool.send(upstream_req).await
+                };
+                answer.map(|r| r.map(ClientBody::Pooled))
             };
             match result {
                 Ok(resp) if is_not_owner(&resp) => {
@@ -285,6 +296,19 @@ impl Forwarder {
                         .upstream_latency
                         .record(sent.elapsed().as_secs_f64());
                     return Ok(finish(resp));
+                }
+                // The upstream closed an idle connection as this request went out on it (a
+                // server's keep-alive timeout can end just then). As nginx does, an
+                // idempotent request goes out once more, on a new connection.
+                Err(e)
+                    if e.is_stale()
+                        && !stale
+                        && parts.method.is_idempotent()
+                        && payload.can_send_again() =>
+                {
+                    tracing::debug!(node = %target.upstream.node_id, error = %e, "sending again on a new connection");
+                    self.metrics.stale_retries.increment(1);
+                    stale = true;
                 }
                 Err(e) if e.is_connect() => {
                     // Retry once if the assignment changed while we were connecting.
@@ -336,6 +360,16 @@ impl Forwarder {
         if let Some(t) = self.pick(&self.table_rx.borrow(), bucket, after_epoch) {
             return Ok(t);
         }
+        Box::pin(self.hold(bucket, deadline, after_epoch)).await
+    }
+
+    /// Waits until `deadline` for a route (see [`Forwarder::resolve`]).
+    async fn hold(
+        &self,
+        bucket: Option<Bucket>,
+        deadline: Instant,
+        after_epoch: Option<i64>,
+    ) -> Result<Target, ForwardError> {
         let mut rx = self.table_rx.clone();
         self.metrics.held.increment(1.0);
         let result = loop {

@@ -14,6 +14,7 @@ pub mod server;
 pub mod slaves;
 pub mod table;
 pub mod upgrade;
+pub mod watchdog;
 
 use std::sync::Arc;
 

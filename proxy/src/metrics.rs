@@ -17,6 +17,9 @@ pub struct ProxyMetrics {
     pub held: Gauge,
     /// `dtable_proxy_not_owner_retries_total`.
     pub not_owner_retries: Counter,
+    /// `dtable_proxy_stale_connection_retries_total`: idempotent requests sent again on a new
+    /// connection after a kept-alive one closed under them.
+    pub stale_retries: Counter,
     /// `dtable_proxy_websockets_open`.
     pub websockets_open: Gauge,
     /// `dtable_proxy_websockets_closed_on_move_total`.
@@ -33,6 +36,7 @@ impl ProxyMetrics {
             upstream_latency: histogram!("dtable_proxy_upstream_latency_seconds"),
             held: gauge!("dtable_proxy_held_requests"),
             not_owner_retries: counter!("dtable_proxy_not_owner_retries_total"),
+            stale_retries: counter!("dtable_proxy_stale_connection_retries_total"),
             websockets_open: gauge!("dtable_proxy_websockets_open"),
             websockets_closed_on_move: counter!("dtable_proxy_websockets_closed_on_move_total"),
         }

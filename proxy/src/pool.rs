@@ -66,6 +66,11 @@ pub enum SendError {
     /// The connection failed while the request was sent or answered.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// A reused connection closed as the request went out on it, before any answer: the
+    /// upstream closed it just then (a server's keep-alive timeout can end so). The upstream
+    /// may or may not have seen the request.
+    #[error("the upstream closed a kept-alive connection as the request went out: {0}")]
+    Stale(hyper::Error),
     /// hyper-util's client (HTTP/2) failed.
     #[error(transparent)]
     Client(#[from] hyper_util::client::legacy::Error),
@@ -76,10 +81,32 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         match self {
             SendError::Connect(_) => true,
-            SendError::Http(_) => false,
+            SendError::Http(_) | SendError::Stale(_) => false,
             SendError::Client(e) => e.is_connect(),
         }
     }
+
+    /// True when a kept-alive connection was closed under the request; an idempotent
+    /// request may go out again on a new connection.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, SendError::Stale(_))
+    }
+}
+
+/// Whether `e` says the connection closed under a request, rather than that the upstream
+/// answered something wrong.
+fn closed_under_us(e: &hyper::Error) -> bool {
+    e.is_incomplete_message()
+        || std::error::Error::source(e)
+            .and_then(|cause| cause.downcast_ref::<io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionAborted
+                )
+            })
 }
 
 /// The idle connections to one upstream.
@@ -110,6 +137,9 @@ impl ConnPool {
     /// Sends `req` on an idle connection, or on a new one. A request that a reused connection
     /// could not take (the upstream had just closed it) is sent again on a new connection,
     /// since none of it was written.
+    ///
+    /// A kept-alive connection can also close just as a request goes out on it, too late for
+    /// the request to come back unsent; that is [`SendError::Stale`].
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
@@ -119,11 +149,23 @@ impl ConnPool {
                 Ok(resp) => return Ok(self.wrap(resp, sender)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
+                    None if closed_under_us(e.error()) => {
+                        return Err(SendError::Stale(e.into_error()));
+                    }
                     None => return Err(e.into_error().into()),
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        self.send_new(req).await
+    }
+
+    /// Sends `req` on a new connection.
+    pub async fn send_new(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        // Boxed: connecting is rare, and its future would make every request's larger.
+        let mut sender = Box::pin(self.connect()).await?;
         let resp = sender.send_request(req).await?;
         Ok(self.wrap(resp, sender))
     }
@@ -299,6 +341,15 @@ mod tests {
     /// A raw HTTP/1.1 upstream answering every request with `body`; it counts the
     /// connections it accepted, and closes each one after `per_conn` answers (0: never).
     async fn upstream(body: &'static str, per_conn: usize) -> (String, Arc<AtomicUsize>) {
+        upstream_closing_after(body, per_conn, Duration::ZERO).await
+    }
+
+    /// As [`upstream`], closing a connection `linger` after its last answer.
+    async fn upstream_closing_after(
+        body: &'static str,
+        per_conn: usize,
+        linger: Duration,
+    ) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -328,6 +379,7 @@ mod tests {
                             }
                             answered += 1;
                             if per_conn > 0 && answered == per_conn {
+                                tokio::time::sleep(linger).await;
                                 return;
                             }
                         }
@@ -386,16 +438,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_the_upstream_closed_is_not_reused() {
-        // The upstream closes every connection after one answer, without saying so: the
-        // pool holds a connection that is dead or about to be, and must not fail on it.
+    async fn a_connection_closed_under_a_request_is_stale_and_a_new_one_serves_it() {
+        // The upstream closes every connection right after its one answer, without saying
+        // so: a request that takes that connection from the pool either finds it closed
+        // (and goes out on a new one) or goes out as it closes, which is a stale error,
+        // never a connect error; a new connection then serves it.
         let (addr, accepted) = upstream("once", 1).await;
         let pool = ConnPool::new(addr, SETTINGS);
+        let mut stale = 0;
         for _ in 0..10 {
-            let resp = pool.send(get()).await.unwrap();
+            let resp = match pool.send(get()).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    assert!(e.is_stale() && !e.is_connect(), "{e}");
+                    stale += 1;
+                    pool.send_new(get()).await.unwrap()
+                }
+            };
             assert_eq!(read(resp).await, "once");
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 10);
+        assert_eq!(accepted.load(Ordering::SeqCst), 10, "{stale} stale");
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_while_idle_goes_out_on_a_new_one() {
+        // The upstream closes each connection 100 ms after its answer, while it is idle in the
+        // pool: the next request must not be lost on it (nor wait forever).
+        let (addr, accepted) = upstream_closing_after("late", 1, Duration::from_millis(100)).await;
+        let pool = ConnPool::new(addr, SETTINGS);
+        for _ in 0..3 {
+            let resp = pool.send(get()).await.unwrap();
+            assert_eq!(read(resp).await, "late");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(pool.sweep(), 0, "the sweep notices the last close");
     }
 
     #[tokio::test]

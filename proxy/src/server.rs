@@ -1,6 +1,7 @@
 //! The routing listener: HTTP/1.1 with keep-alive and upgrades, and HTTP/2 cleartext with
-//! prior knowledge (gRPC), with the protections a public-facing port needs: a header read
-//! timeout, a header size cap (431), a connection cap, and a graceful drain on shutdown.
+//! prior knowledge (gRPC), with the protections a public-facing port needs: header and
+//! keep-alive timeouts (kept by [`crate::watchdog`]), a header size cap (431), a connection
+//! cap, and a graceful drain on shutdown.
 //!
 //! One task accepts; each accepted connection is handed to one of `--workers` threads, each
 //! running its own single-threaded runtime (as nginx runs one event loop per worker). A
@@ -31,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::{ClientBody, Forwarder, Peer};
+use crate::watchdog::{self, ConnClock, Timeouts, Tracked, Watched};
 
 /// What a listener does with each request: answers it, never failing (errors become
 /// responses).
@@ -84,8 +86,10 @@ impl Listener {
 /// Limits of a client-facing listener (routing or slave; each has its own connection cap).
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// A client must send its request head within this time (slowloris).
+    /// A client must send its request head within this time of its first byte (slowloris).
     pub header_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub keepalive_timeout: Duration,
     /// Largest request head; beyond it the client gets 431.
     pub max_header_bytes: usize,
     /// Most client connections at once; further ones wait in the listen backlog.
@@ -116,7 +120,7 @@ pub async fn serve<H: Handler>(
 ) {
     let name = kind.name();
     let acceptor = tls.as_ref().map(ServerTls::acceptor);
-    let builder = Arc::new(connection_builder(&limits));
+    let conns = Arc::new(ConnSettings::new(&limits));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let stop_workers = CancellationToken::new();
@@ -135,7 +139,7 @@ pub async fn serve<H: Handler>(
                 shard,
                 rx,
                 Arc::clone(&fwd),
-                Arc::clone(&builder),
+                Arc::clone(&conns),
                 acceptor.clone(),
                 stop_workers.clone(),
             );
@@ -195,12 +199,32 @@ pub async fn serve<H: Handler>(
     let _ = joined.await;
 }
 
+/// How a listener's workers serve each client connection.
+struct ConnSettings {
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+}
+
+impl ConnSettings {
+    fn new(limits: &Limits) -> ConnSettings {
+        ConnSettings {
+            builder: connection_builder(limits),
+            timeouts: Timeouts {
+                header: limits.header_timeout,
+                keepalive: limits.keepalive_timeout,
+            },
+        }
+    }
+}
+
 fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // The header and keep-alive timeouts are the watchdog's (see `crate::watchdog`), which
+        // costs no timer per request; hyper's own would arm one each time a connection waits.
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -218,7 +242,7 @@ fn spawn_worker<H: Handler>(
     shard: usize,
     mut queue: mpsc::UnboundedReceiver<Accepted>,
     fwd: Arc<H>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    conns: Arc<ConnSettings>,
     acceptor: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
@@ -232,7 +256,7 @@ fn spawn_worker<H: Handler>(
             crate::pool::set_worker(shard);
             rt.block_on(async move {
                 while let Some(a) = queue.recv().await {
-                    serve_connection(a, &fwd, &builder, acceptor.as_ref());
+                    serve_connection(a, &fwd, &conns, acceptor.as_ref());
                 }
                 stop.cancelled().await;
             });
@@ -245,7 +269,7 @@ fn spawn_worker<H: Handler>(
 fn serve_connection<H: Handler>(
     a: Accepted,
     fwd: &Arc<H>,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
+    conns: &Arc<ConnSettings>,
     acceptor: Option<&TlsAcceptor>,
 ) {
     let peer = a.peer;
@@ -256,12 +280,11 @@ fn serve_connection<H: Handler>(
             return;
         }
     };
-    let (fwd, builder, permit, watcher) =
-        (Arc::clone(fwd), Arc::clone(builder), a.permit, a.watcher);
+    let (fwd, conns, permit, watcher) = (Arc::clone(fwd), Arc::clone(conns), a.permit, a.watcher);
     match acceptor {
         None => {
             tokio::spawn(async move {
-                http(stream, peer, false, fwd, &builder, watcher).await;
+                http(stream, peer, false, fwd, &conns, watcher).await;
                 drop(permit);
             });
         }
@@ -269,7 +292,7 @@ fn serve_connection<H: Handler>(
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => http(tls, peer, true, fwd, &builder, watcher).await,
+                    Ok(Ok(tls)) => http(tls, peer, true, fwd, &conns, watcher).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
@@ -279,26 +302,49 @@ fn serve_connection<H: Handler>(
     }
 }
 
-/// Speaks HTTP on one client connection until it ends or the drain closes it.
+/// Speaks HTTP on one client connection until it ends, the drain closes it, or its watchdog
+/// finds it past its header or keep-alive timeout.
 async fn http<I, H: Handler>(
     io: I,
     peer: SocketAddr,
     tls: bool,
     fwd: Arc<H>,
-    builder: &auto::Builder<TokioExecutor>,
+    conns: &ConnSettings,
     watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let clock = Arc::new(ConnClock::default());
     let client = Arc::new(Peer::new(peer, tls));
-    let svc = service_fn(move |req| {
-        let fwd = Arc::clone(&fwd);
-        let client = Arc::clone(&client);
-        async move { Ok::<_, std::convert::Infallible>(fwd.call(req, &client).await) }
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    let svc = {
+        let clock = Arc::clone(&clock);
+        service_fn(move |req| {
+            let request = clock.request_started();
+            let fwd = Arc::clone(&fwd);
+            let client = Arc::clone(&client);
+            async move {
+                let resp = fwd.call(req, &client).await;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, request)))
+            }
+        })
+    };
+    let io = Watched::new(io, Arc::clone(&clock));
+    let conn = watcher.watch(
+        conns
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned(),
+    );
+    tokio::select! {
+        biased;
+        ended = conn => if let Err(e) = ended {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        },
+        cut = watchdog::watch(&clock, conns.timeouts) => {
+            ::metrics::counter!("dtable_proxy_client_connections_closed_total", "reason" => cut.as_str())
+                .increment(1);
+            tracing::debug!(%peer, reason = cut.as_str(), "closing the client connection");
+        }
     }
 }
 

@@ -66,8 +66,6 @@ async fn bad_uuid_large_headers_and_slow_clients() {
         "cut after {cut_after:?}, before the timeout"
     );
 
-    // A new connection: the pooled one sat idle past the header timeout, which the proxy
-    // also applies to keep-alive connections waiting for their next request.
     let (resp, _) = send(&client(), get(addr, &ok_path)).await;
     assert_eq!(resp.status(), 200, "others still served");
 }

@@ -3,6 +3,7 @@
 mod admin;
 mod bad_input;
 mod holding;
+mod keepalive;
 mod lifecycle;
 mod routing;
 mod security;
