@@ -432,8 +432,9 @@ pub(crate) fn finish(mut resp: Response<ClientBody>) -> Response<ClientBody> {
     resp
 }
 
-/// Headers that describe one connection, not the message.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, not the message. A `static`: a `const` array would
+/// be built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
