@@ -15,6 +15,9 @@
 //!
 //! HTTP/2 connections (recognised by their preface) are left alone, as hyper's header
 //! timeout left them: gRPC clients keep idle channels open on purpose.
+//!
+//! Bytes that arrive while a request is in flight start no head: a pipelined head that came in
+//! part during the previous response runs on the keep-alive timeout, not the header timeout.
 
 use std::io;
 use std::pin::Pin;
