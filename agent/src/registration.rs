@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use dtable_core::etcd::{CALL_TIMEOUT, LeaseKeeper, LeaseState, lease_lost};
+use dtable_core::etcd::{Backoff, CALL_TIMEOUT, LeaseKeeper, LeaseState, lease_lost};
 use dtable_core::{NodeRecord, NodeState};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, WatchOptions};
 use tokio::sync::watch;
@@ -13,6 +13,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, Role};
+use crate::health::Health;
 
 /// Why registering failed.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +154,32 @@ pub fn node_record(cfg: &AgentConfig) -> NodeRecord {
         version: env!("CARGO_PKG_VERSION").into(),
         started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         agent: Some(dtable_core::node::AGENT_MANAGED.into()),
+    }
+}
+
+/// Waits until the probe says the server is healthy, then grants a lease and starts keeping it
+/// alive. A grant that fails is retried after `backoff`, from the health check on. Returns the
+/// lease, its state, and the token that stops its keeper; `None` on shutdown.
+pub async fn lease_when_healthy(
+    client: &Client,
+    ttl: i64,
+    health_rx: &mut watch::Receiver<Health>,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Option<(i64, watch::Receiver<LeaseState>, CancellationToken)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = health_rx.wait_for(Health::healthy) => {}
+        }
+        let stop_keeper = CancellationToken::new();
+        match start_lease(client, ttl, stop_keeper.clone()).await {
+            Ok((lease, lease_rx, _keeper)) => return Some((lease, lease_rx, stop_keeper)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot grant a lease; retrying");
+                backoff.wait(shutdown).await;
+            }
+        }
     }
 }
 

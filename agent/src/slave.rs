@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::health::Health;
-use crate::registration::{RegisterError, register, registration_key, revoke, start_lease};
+use crate::registration::{RegisterError, lease_when_healthy, register, registration_key, revoke};
 
 /// Why a registration ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,20 +43,17 @@ impl SlaveSupervisor {
         tracing::info!(node_id = %self.cfg.node_id, key, ttl = timing.ttl.as_secs(), "slave agent: registering the slave while it is healthy");
         let mut backoff = Backoff::default();
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.health_rx.wait_for(Health::healthy) => {}
-            }
-            let stop_keeper = CancellationToken::new();
-            let (lease, mut lease_rx, _keeper) =
-                match start_lease(&self.client, self.cfg.lease_ttl, stop_keeper.clone()).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot grant a lease; retrying");
-                        backoff.wait(&shutdown).await;
-                        continue;
-                    }
-                };
+            let Some((lease, mut lease_rx, stop_keeper)) = lease_when_healthy(
+                &self.client,
+                self.cfg.lease_ttl,
+                &mut self.health_rx,
+                &mut backoff,
+                &shutdown,
+            )
+            .await
+            else {
+                return;
+            };
             let registered =
                 register(&self.client, &self.cfg, lease, &mut lease_rx, &shutdown).await;
             let end = match registered {

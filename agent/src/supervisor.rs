@@ -17,7 +17,7 @@ use crate::config::AgentConfig;
 use crate::health::Health;
 use crate::local::{Local, ServerEvent};
 use crate::push::Phase;
-use crate::registration::{RegisterError, mark_draining, register, start_lease};
+use crate::registration::{RegisterError, lease_when_healthy, mark_draining, register};
 
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,20 +50,17 @@ impl Supervisor {
         let mut backoff = Backoff::default();
         loop {
             self.phase_tx.send_replace(Phase::Fenced);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.health_rx.wait_for(Health::healthy) => {}
-            }
-            let stop_keeper = CancellationToken::new();
-            let (lease, mut lease_rx, _keeper) =
-                match start_lease(&self.client, self.cfg.lease_ttl, stop_keeper.clone()).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot grant a lease; retrying");
-                        backoff.wait(&shutdown).await;
-                        continue;
-                    }
-                };
+            let Some((lease, mut lease_rx, stop_keeper)) = lease_when_healthy(
+                &self.client,
+                self.cfg.lease_ttl,
+                &mut self.health_rx,
+                &mut backoff,
+                &shutdown,
+            )
+            .await
+            else {
+                return;
+            };
             let since = match register(&self.client, &self.cfg, lease, &mut lease_rx, &shutdown)
                 .await
             {

@@ -348,6 +348,26 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// Starts `dtable-server-sim` as `node_id` on a free port, with `flags` after its
+    /// `--listen` and `--node-id`.
+    pub fn start(node_id: &str, flags: &[&str]) -> Sim {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_ports(1)[0]).into();
+        let mut args = vec![
+            "--listen".to_owned(),
+            addr.to_string(),
+            "--node-id".to_owned(),
+            node_id.to_owned(),
+        ];
+        args.extend(flags.iter().map(|s| (*s).to_owned()));
+        Sim {
+            proc: Proc::spawn("dtable-server-sim", &args, &[]),
+            node_id: node_id.to_owned(),
+            addr,
+            args,
+            event_log: None,
+        }
+    }
+
     /// kill -9. A killed sim logs nothing more, so its event log is closed at the moment it
     /// was reaped: it served nothing after that.
     pub fn kill9(&mut self) {
@@ -372,23 +392,10 @@ impl Sim {
 
 /// Starts `dtable-server-sim` as `node_id` on a free port, following the assignment in `etcd`.
 pub fn spawn_sim(etcd: &Etcd, node_id: &str, extra: &[&str]) -> Sim {
-    let addr: SocketAddr = ([127, 0, 0, 1], free_ports(1)[0]).into();
-    let mut args = vec![
-        "--listen".to_owned(),
-        addr.to_string(),
-        "--node-id".to_owned(),
-        node_id.to_owned(),
-        "--etcd".to_owned(),
-        etcd.endpoints_arg(),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    Sim {
-        proc: Proc::spawn("dtable-server-sim", &args, &[]),
-        node_id: node_id.to_owned(),
-        addr,
-        args,
-        event_log: None,
-    }
+    let endpoints = etcd.endpoints_arg();
+    let mut flags = vec!["--etcd", endpoints.as_str()];
+    flags.extend_from_slice(extra);
+    Sim::start(node_id, &flags)
 }
 
 /// A `dtable-proxy` process and its listeners.
@@ -493,25 +500,9 @@ pub fn spawn_self_registering_sim(etcd: &Etcd, node_id: &str, ttl: u32, extra: &
 /// Starts `dtable-server-sim --role slave` as `node_id` on a free port, loading bases from
 /// `proxy_url` (`GET <proxy_url>/dtables/<uuid>`). `extra` flags are added.
 pub fn spawn_slave_sim(node_id: &str, proxy_url: &str, extra: &[&str]) -> Sim {
-    let addr: SocketAddr = ([127, 0, 0, 1], free_ports(1)[0]).into();
-    let mut args = vec![
-        "--listen".to_owned(),
-        addr.to_string(),
-        "--node-id".to_owned(),
-        node_id.to_owned(),
-        "--role".to_owned(),
-        "slave".to_owned(),
-        "--proxy-url".to_owned(),
-        proxy_url.to_owned(),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    Sim {
-        proc: Proc::spawn("dtable-server-sim", &args, &[]),
-        node_id: node_id.to_owned(),
-        addr,
-        args,
-        event_log: None,
-    }
+    let mut flags = vec!["--role", "slave", "--proxy-url", proxy_url];
+    flags.extend_from_slice(extra);
+    Sim::start(node_id, &flags)
 }
 
 /// One key's value and lease, as etcd holds it.

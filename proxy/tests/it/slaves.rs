@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dtable_testkit::cluster::{Sim, read_slaves, spawn_proxy, spawn_slave_agent, spawn_slave_sim};
 use dtable_testkit::pki::{Pki, https_client};
-use dtable_testkit::{Etcd, Proc, free_port, http, run_to_exit, wait_until};
+use dtable_testkit::{Etcd, free_port, http, run_to_exit, wait_until};
 use etcd_client::{Client, PutOptions};
 use http_body_util::Full;
 use hyper::Request;
@@ -24,18 +24,7 @@ const LEASE_TTL: i64 = 60;
 
 /// A slave's backend: a sim owning every bucket at epoch 0, so it serves every base.
 fn spawn_backend(node_id: &str) -> Sim {
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let args: Vec<String> = ["--listen", &addr.to_string(), "--node-id", node_id]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    Sim {
-        proc: Proc::spawn("dtable-server-sim", &args, &[]),
-        node_id: node_id.to_owned(),
-        addr,
-        args,
-        event_log: None,
-    }
+    Sim::start(node_id, &[])
 }
 
 /// Registers a slave as its agent would: its node record at `dtable-cluster/slaves/<id>` on a
