@@ -8,7 +8,6 @@ use std::time::SystemTime;
 
 use dtable_core::etcd::{CALL_TIMEOUT, ViewRx};
 use dtable_core::keys::{CLUSTER_PREFIX, cordon_name};
-use dtable_core::placement::{Policy, place};
 use dtable_core::view::{CordonIntent, CordonMode, Lookup};
 use dtable_core::{Bucket, ClusterView, KeyLayout, NodeId};
 use dtable_proto::v1 as pb;
@@ -201,24 +200,14 @@ impl ApiState {
 
 /// Intents.
 impl ApiState {
-    /// A full rebalance: the moves the leader's placement (default policy, cordons applied)
-    /// plans from this instance's view, leaving out buckets whose move is in flight (none
-    /// when no node takes buckets, as the leader then places nothing). Unless
-    /// `dry_run`, also writes the rebalance request the leader carries out, as the proxy's
+    /// A full rebalance: the moves `ClusterView::rebalance_plan` plans from this instance's
+    /// view (the leader's placement around the moves in flight). Unless `dry_run`, also writes the rebalance request the leader carries out, as the proxy's
     /// `POST /rebalance/` does; a dry run writes nothing.
     pub async fn rebalance(&self, dry_run: bool) -> Result<RebalancePlan, ApiError> {
         let view = self.view()?;
-        let nodes = view.eligible();
-        let placement = place(&view.table(), &nodes, &Policy::default());
-        // With no node to take buckets the leader leaves the assignment as it is.
-        let planned = if nodes.is_empty() {
-            &[][..]
-        } else {
-            &placement.moves[..]
-        };
-        let planned_moves: Vec<PlannedMove> = planned
+        let planned_moves: Vec<PlannedMove> = view
+            .rebalance_plan()
             .iter()
-            .filter(|m| !view.moves.contains_key(&m.bucket))
             .map(|m| PlannedMove {
                 bucket: m.bucket.to_string(),
                 from: m.from.as_ref().map(NodeId::to_string).unwrap_or_default(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dtable_core::etcd::{LeaseState, ViewRx, lease_lost};
 use dtable_core::keys::REBALANCE_REQUEST;
-use dtable_core::placement::{Policy, place};
+use dtable_core::placement::{Policy, place_around};
 use dtable_core::{ClusterView, NodeState};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep};
@@ -173,7 +173,7 @@ async fn reconcile(
 
     // 2. Placement, cordons applied: a cordoned node keeps its buckets and gets none, a
     // drained one is left out so its buckets move away by handoff. Buckets with a move in
-    // flight wait for it to end.
+    // flight count at their new owner and wait for the move to end.
     let nodes = memory.eligible(view);
     if nodes.is_empty() {
         return outcome.finish(writer, view).await;
@@ -193,10 +193,7 @@ async fn reconcile(
             max_rebalance_moves: Some(0),
         }
     };
-    let mut placement = place(&view.table(), &nodes, &policy);
-    placement
-        .moves
-        .retain(|m| !view.moves.contains_key(&m.bucket));
+    let placement = place_around(&view.table(), &view.moving_to(), &nodes, &policy);
     let (direct, handoffs) = split(view, placement.moves);
 
     if !direct.is_empty() {

@@ -31,7 +31,8 @@ pub struct Eligible {
 /// drained) loses its buckets.
 ///
 /// `ClusterView::eligible` builds one with the cordons applied, so that any process computes
-/// the leader's plan with `place(&view.table(), &view.eligible(), &policy)`.
+/// the leader's plan with
+/// `place_around(&view.table(), &view.moving_to(), &view.eligible(), &policy)`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Candidates {
     /// Nodes that may receive buckets.
@@ -260,6 +261,33 @@ pub fn place<N: NodeSet + ?Sized>(
         })
         .collect();
     Placement { table, moves }
+}
+
+/// [`place`] around the moves in flight, as the leader plans: each bucket of `in_flight`
+/// counts at the node it is moving to (where it is, if its move names no valid node), and
+/// gets no move of its own until its move ends.
+///
+/// Placing over the assignment as it stands would count those buckets at their old owner and
+/// send their new owner that many more, so a scale-out would overshoot and move some buckets
+/// twice (there and back). A move that is abandoned leaves its bucket short of its target for
+/// one pass; the next pass, over the assignment it left, places it again.
+pub fn place_around<N: NodeSet + ?Sized>(
+    current: &[Option<NodeId>],
+    in_flight: &BTreeMap<Bucket, Option<NodeId>>,
+    nodes: &N,
+    policy: &Policy,
+) -> Placement {
+    let mut landed = current.to_vec();
+    for (bucket, to) in in_flight {
+        if let Some(to) = to {
+            landed[bucket.index()] = Some(to.clone());
+        }
+    }
+    let mut placement = place(&landed, nodes, policy);
+    placement
+        .moves
+        .retain(|m| !in_flight.contains_key(&m.bucket));
+    placement
 }
 
 #[cfg(test)]

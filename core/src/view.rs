@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::bucket::{BUCKET_COUNT, Bucket, BucketError};
 use crate::keys::{ELECTION, KeyKind, KeyLayout};
 use crate::node::{NodeId, NodeRecord, NodeState, ROLE_SLAVE};
-use crate::placement::{Candidates, Eligible};
+use crate::placement::{Candidates, Eligible, Move, Policy, place_around};
 
 /// A live node registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,6 +268,26 @@ impl ClusterView {
             .iter()
             .map(|a| a.as_ref().and_then(|a| a.owner.clone()))
             .collect()
+    }
+
+    /// The buckets with a move in flight and the node each is moving to (`None` if the move
+    /// names no valid node id), for [`crate::placement::place_around`].
+    pub fn moving_to(&self) -> BTreeMap<Bucket, Option<NodeId>> {
+        self.moves
+            .iter()
+            .map(|(b, m)| (*b, NodeId::new(m.to.clone()).ok()))
+            .collect()
+    }
+
+    /// The moves a full rebalance plans from this view: the leader's placement (default
+    /// policy, cordons applied) around the moves in flight. None when no node takes buckets,
+    /// as the leader then leaves the assignment as it is.
+    pub fn rebalance_plan(&self) -> Vec<Move> {
+        let nodes = self.eligible();
+        if nodes.is_empty() {
+            return Vec::new();
+        }
+        place_around(&self.table(), &self.moving_to(), &nodes, &Policy::default()).moves
     }
 
     /// How many buckets each registered node holds.

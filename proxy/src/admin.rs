@@ -19,7 +19,6 @@ use axum::{Json, Router};
 use dtable_core::KeyLayout;
 use dtable_core::auth::{AdminToken, require_admin};
 use dtable_core::etcd::{CALL_TIMEOUT, ViewRx};
-use dtable_core::placement::{Policy, place};
 use dtable_core::tls::{ServerTls, serve_http};
 use etcd_client::Client;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -79,7 +78,8 @@ pub async fn serve(
 }
 
 /// Asks the control-plane leader for a full rebalance by writing the request key it watches,
-/// and answers with the moves the placement plans from this proxy's view.
+/// and answers with the moves the leader's placement plans from this proxy's view (as the
+/// control plane's `POST /api/v1/rebalance` does).
 async fn rebalance(State(s): State<AdminState>) -> Response {
     let view = s.view_rx.borrow().clone();
     if view.revision == 0 {
@@ -89,7 +89,7 @@ async fn rebalance(State(s): State<AdminState>) -> Response {
             "the cluster view is not loaded yet",
         );
     }
-    let placement = place(&view.table(), &view.eligible(), &Policy::default());
+    let planned = view.rebalance_plan();
     let request = serde_json::json!({
         "requested_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         "by": "dtable-proxy",
@@ -111,9 +111,8 @@ async fn rebalance(State(s): State<AdminState>) -> Response {
             );
         }
     }
-    tracing::info!(planned = placement.moves.len(), "rebalance requested");
-    let moves: Vec<_> = placement
-        .moves
+    tracing::info!(planned = planned.len(), "rebalance requested");
+    let moves: Vec<_> = planned
         .iter()
         .map(|m| {
             serde_json::json!({

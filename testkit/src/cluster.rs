@@ -299,11 +299,12 @@ pub async fn bucket_counts(client: &Client) -> BTreeMap<String, usize> {
     counts
 }
 
-/// Whether all 256 buckets are assigned, to exactly the nodes in `nodes`, each holding floor
-/// or ceil of an equal share.
+/// Whether the cluster has settled over `nodes`: all 256 buckets assigned, to exactly these
+/// nodes, each holding floor or ceil of an equal share, and no move in flight (a move may
+/// still land while the counts already look balanced).
 pub async fn balanced_over(client: &Client, nodes: &[&str]) -> bool {
     let a = read_assignment(client).await;
-    if a.len() != 256 || nodes.is_empty() {
+    if a.len() != 256 || nodes.is_empty() || moves_in_flight(client).await > 0 {
         return false;
     }
     let counts = bucket_counts(client).await;
@@ -313,6 +314,18 @@ pub async fn balanced_over(client: &Client, nodes: &[&str]) -> bool {
         && nodes
             .iter()
             .all(|n| counts.get(*n).is_some_and(|c| (floor..=ceil).contains(c)))
+}
+
+/// How many `dtable-cluster/moves/<xx>` keys there are.
+pub async fn moves_in_flight(client: &Client) -> i64 {
+    let mut c = client.clone();
+    c.get(
+        "dtable-cluster/moves/",
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    )
+    .await
+    .expect("count dtable-cluster/moves/ keys")
+    .count()
 }
 
 /// The `dtable-server-` registrations as dtable-web reads them: key → JSON.

@@ -3,20 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use dtable_testkit::cluster::{read_assignment, spawn_controlplane, spawn_server};
+use dtable_testkit::cluster::{moves_in_flight, read_assignment, spawn_controlplane, spawn_server};
 use dtable_testkit::{http, wait_until};
 
 use crate::harness::{Cluster, SETTLE, Writer, uuid_in_bucket};
-
-async fn moves_in_flight(c: &Cluster) -> usize {
-    let mut kv = c.client.clone();
-    let opts = etcd_client::GetOptions::new()
-        .with_prefix()
-        .with_count_only();
-    kv.get("dtable-cluster/moves/", Some(opts))
-        .await
-        .map_or(0, |r| r.count() as usize)
-}
 
 #[tokio::test]
 async fn killing_the_leader_mid_rebalance_leaves_no_bucket_half_moved() {
@@ -51,7 +41,7 @@ async fn killing_the_leader_mid_rebalance_leaves_no_bucket_half_moved() {
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
     wait_until("moves in flight", SETTLE, || async {
-        moves_in_flight(&c).await > 0
+        moves_in_flight(&c.client).await > 0
     })
     .await;
     c.cp.proc.kill9();
@@ -60,7 +50,7 @@ async fn killing_the_leader_mid_rebalance_leaves_no_bucket_half_moved() {
     // The standby takes over, finishes or abandons every move, and carries the request out.
     c.wait_balanced(&[0, 1, 2]).await;
     wait_until("no move left in flight", SETTLE, || async {
-        moves_in_flight(&c).await == 0
+        moves_in_flight(&c.client).await == 0
     })
     .await;
     let mut kv = c.client.clone();

@@ -164,8 +164,66 @@ fn scenario_cordoned() -> impl Strategy<Value = (Candidates, Table)> {
         )
 }
 
+/// The leader's loop in miniature. Each step places around the moves in flight, writes
+/// orphans (buckets of no eligible node) at once, starts planned moves until `cap` are in
+/// flight, and lands one of them, chosen by the next of `picks`. `nodes_at(step)` gives the
+/// eligible nodes of each step; from `settled_from` on they no longer change, and the run
+/// ends once nothing is in flight or planned. Returns the final table and how often each
+/// bucket changed owner.
+fn lead(
+    mut table: Table,
+    nodes_at: impl Fn(usize) -> Vec<Eligible>,
+    settled_from: usize,
+    cap: usize,
+    picks: &[usize],
+) -> (Table, Vec<usize>) {
+    let mut in_flight: BTreeMap<Bucket, Option<NodeId>> = BTreeMap::new();
+    let mut moved = vec![0; 256];
+    for step in 0..10_000 {
+        let nodes = nodes_at(step);
+        let plan = place_around(&table, &in_flight, &nodes, &Policy::default());
+        let (handoffs, direct): (Vec<_>, Vec<_>) = plan.moves.into_iter().partition(|m| {
+            m.from
+                .as_ref()
+                .is_some_and(|f| nodes.iter().any(|n| &n.node == f))
+        });
+        for m in &direct {
+            table[m.bucket.index()] = m.to.clone();
+            moved[m.bucket.index()] += 1;
+        }
+        let room = cap.saturating_sub(in_flight.len());
+        for m in handoffs.iter().take(room) {
+            in_flight.insert(m.bucket, m.to.clone());
+        }
+        if in_flight.is_empty() {
+            if step >= settled_from && handoffs.is_empty() {
+                return (table, moved);
+            }
+            continue;
+        }
+        let pick = picks[step % picks.len()] % in_flight.len();
+        let bucket = *in_flight.keys().nth(pick).expect("in range");
+        table[bucket.index()] = in_flight.remove(&bucket).expect("in flight");
+        moved[bucket.index()] += 1;
+    }
+    panic!("the leader never settled");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn moves_in_flight_are_planned_around_so_no_bucket_moves_twice(
+        (nodes, current) in scenario(),
+        cap in 1usize..32,
+        picks in prop::collection::vec(any::<usize>(), 1..64),
+    ) {
+        let fewest = lower_bound(&current, &nodes);
+        let (table, moved) = lead(current, |_| nodes.clone(), 0, cap, &picks);
+        check_balanced(&table, &nodes);
+        prop_assert!(moved.iter().all(|&m| m <= 1), "a bucket moved twice: {moved:?}");
+        prop_assert_eq!(moved.iter().sum::<usize>(), fewest);
+    }
 
     #[test]
     fn cordoned_nodes_keep_theirs_receive_nothing_and_the_rest_balance((nodes, current) in scenario_cordoned()) {
@@ -376,4 +434,25 @@ fn with_every_node_cordoned_only_the_cordoned_keep_buckets() {
     }
     assert!(p.moves.iter().all(|m| m.to.is_none()));
     assert!(!p.moves.is_empty());
+}
+
+/// A scale-out from one node to three, the second joining first and the third some moves
+/// later, with up to eight handoffs in flight: the first node gives up exactly what it holds
+/// above its share, and no bucket moves twice.
+#[test]
+fn a_scale_out_in_two_joins_moves_each_bucket_once() {
+    let all: Vec<Eligible> = (0..3)
+        .map(|i| Eligible {
+            node: node(i),
+            weight: 1,
+        })
+        .collect();
+    let nodes_at = |step: usize| all[..if step < 12 { 2 } else { 3 }].to_vec();
+    let (table, moved) = lead(vec![Some(node(0)); 256], nodes_at, 12, 8, &[0, 5, 3, 1]);
+    check_balanced(&table, &all);
+    assert!(
+        moved.iter().all(|&m| m <= 1),
+        "a bucket moved twice: {moved:?}"
+    );
+    assert_eq!(moved.iter().sum::<usize>(), 256 - 86);
 }
