@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dtable_core::Bucket;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -203,7 +203,7 @@ impl Forwarder {
         let started = Instant::now();
         // Boxed once here: the request's future is a few KiB, and hyper moves the future it
         // gets from the service; moving a pointer is cheaper than copying the state each time.
-        let resp = match Box::pin(self.route_and_forward(req, peer)).await {
+        let resp = match Box::pin(self.route_and_forward(req, peer, started)).await {
             Ok(resp) => resp,
             Err(e) => {
                 if !matches!(e, ForwardError::BadUuid(_)) {
@@ -220,9 +220,10 @@ impl Forwarder {
         &self,
         req: Request<Incoming>,
         peer: &Peer,
+        started: Instant,
     ) -> Result<Response<ClientBody>, ForwardError> {
         let bucket = bucket_of(&req)?;
-        let deadline = Instant::now() + self.settings.hold_timeout;
+        let deadline = started + self.settings.hold_timeout;
         if crate::upgrade::is_upgrade(&req) {
             // Boxed, as every rare path here: the future of a plain request is moved a few
             // times on its way into hyper, and its size is what those moves copy.
@@ -255,7 +256,7 @@ impl Forwarder {
                     bucket.expect("only bucketed requests retry"),
                 ));
             };
-            let upstream_req = upstream_request(&parts, headers.clone(), &target, h2, body);
+            let upstream_req = upstream_request(&parts, &mut headers, &target, h2, body);
             let sent = Instant::now();
             let result = if h2 {
                 self.h2
@@ -445,14 +446,28 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether `name` is one of [`HOP_BY_HOP`] or `upgrade`: a match on the name, which compares
+/// lengths before bytes, where comparing against each `HeaderName` costs nine comparisons.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
 /// Removes hop-by-hop headers, and those the Connection header names. `te: trailers` is
 /// kept for gRPC when `keep_te_trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     // Most messages carry none: one pass over the names is cheaper than nine look-ups.
-    if !headers
-        .keys()
-        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
-    {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
@@ -480,12 +495,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
-/// Builds the request to the upstream: its URI (origin-form over a pooled HTTP/1.1
-/// connection, absolute for the HTTP/2 client), `Host`, and the bucket's epoch on top of the
-/// forwarded `headers`.
+/// Builds the request of one attempt to the upstream: its URI (origin-form over a pooled
+/// HTTP/1.1 connection, absolute for the HTTP/2 client), and a copy of `headers` once
+/// `Host` and the bucket's epoch for `target` are set in them. Setting them before the copy
+/// (rather than in it) leaves the copy at its exact size, so nothing grows it.
 fn upstream_request(
     parts: &hyper::http::request::Parts,
-    mut headers: HeaderMap,
+    headers: &mut HeaderMap,
     target: &Target,
     h2: bool,
     body: UpstreamBody,
@@ -501,10 +517,16 @@ fn upstream_request(
         *req.version_mut() = Version::HTTP_11;
         headers.insert(header::HOST, up.host.clone());
     }
-    if let Some(epoch) = &target.epoch_header {
-        headers.insert(EPOCH_HEADER, epoch.clone());
+    match &target.epoch_header {
+        Some(epoch) => {
+            headers.insert(EPOCH_HEADER, epoch.clone());
+        }
+        // A request without a base may be sent again elsewhere, but never with an epoch.
+        None => {
+            headers.remove(EPOCH_HEADER);
+        }
     }
-    *req.headers_mut() = headers;
+    *req.headers_mut() = headers.clone();
     req
 }
 
@@ -547,19 +569,140 @@ pub fn add_forwarding(headers: &mut HeaderMap, uri: &Uri, peer: &Peer) {
         uri.authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok(),
-        None => Some(peer.ip.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
+    // Room for the three added here and the upstream's Host and epoch, so that the map grows
+    // once at most; each header below is then found or placed with one look-up.
+    headers.reserve(5);
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut prev) => {
+            // A value that is not text is replaced, as if there had been none.
+            let v = match prev.get().to_str() {
+                Ok(p) => HeaderValue::from_str(&format!("{p}, {}", peer.addr.ip())).ok(),
+                Err(_) => Some(peer.ip.clone()),
+            };
+            if let Some(v) = v {
+                prev.insert(v);
+            }
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(peer.ip.clone());
+        }
     }
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, peer.proto.clone());
+    if let Entry::Vacant(slot) = headers.entry(X_FORWARDED_PROTO) {
+        slot.insert(peer.proto.clone());
     }
     if let Some(host) = host
-        && !headers.contains_key(X_FORWARDED_HOST)
+        && let Entry::Vacant(slot) = headers.entry(X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST, host);
+        slot.insert(host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::PoolSettings;
+
+    const POOL: PoolSettings = PoolSettings {
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(60),
+    };
+
+    fn peer() -> Peer {
+        Peer::new("127.0.0.1:40000".parse().unwrap(), false)
+    }
+
+    fn target(url: &str, epoch: Option<i64>) -> Target {
+        let up = Upstream::parse("dtable-server-a", url, POOL).unwrap();
+        Target {
+            upstream: Arc::new(up),
+            epoch,
+            epoch_header: epoch.map(HeaderValue::from),
+        }
+    }
+
+    fn parts(headers: &[(&str, &[u8])]) -> hyper::http::request::Parts {
+        let mut req = Request::builder().uri("/dtables/abc");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_hop_by_hop_check_knows_every_name_it_strips_and_no_other() {
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in [
+            header::HOST,
+            header::CONTENT_LENGTH,
+            X_FORWARDED_PROTO,
+            EPOCH_HEADER,
+        ] {
+            assert!(!is_hop_by_hop(&name), "{name}");
+        }
+    }
+
+    #[test]
+    fn forwarding_headers_are_added_and_the_host_goes() {
+        let p = parts(&[("host", b"cloud.example")]);
+        let mut h = p.headers.clone();
+        add_forwarding(&mut h, &p.uri, &peer());
+        assert_eq!(h[X_FORWARDED_FOR], "127.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "cloud.example");
+        assert!(!h.contains_key(header::HOST));
+    }
+
+    #[test]
+    fn forwarding_headers_of_an_earlier_proxy_are_kept_and_the_client_appended() {
+        let p = parts(&[
+            ("host", b"inner"),
+            ("x-forwarded-for", b"192.0.2.7"),
+            ("x-forwarded-proto", b"https"),
+            ("x-forwarded-host", b"cloud.example"),
+        ]);
+        let mut h = p.headers.clone();
+        add_forwarding(&mut h, &p.uri, &peer());
+        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.7, 127.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "cloud.example");
+    }
+
+    #[test]
+    fn a_forwarded_for_that_is_not_text_is_replaced() {
+        let p = parts(&[("x-forwarded-for", b"\xff\xfe")]);
+        let mut h = p.headers.clone();
+        add_forwarding(&mut h, &p.uri, &peer());
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[X_FORWARDED_FOR], "127.0.0.1");
+    }
+
+    #[test]
+    fn each_attempt_carries_its_targets_host_and_epoch_and_no_stale_epoch() {
+        let p = parts(&[("accept", b"*/*")]);
+        let mut h = p.headers.clone();
+        let first = upstream_request(
+            &p,
+            &mut h,
+            &target("http://127.0.0.1:8000/", Some(41)),
+            false,
+            UpstreamBody::Full(None),
+        );
+        assert_eq!(first.headers()[header::HOST], "127.0.0.1:8000");
+        assert_eq!(first.headers()[EPOCH_HEADER], "41");
+        assert_eq!(first.headers()[header::ACCEPT], "*/*");
+        assert_eq!(first.uri(), "/dtables/abc");
+
+        let again = upstream_request(
+            &p,
+            &mut h,
+            &target("http://127.0.0.1:8001/", None),
+            false,
+            UpstreamBody::Full(None),
+        );
+        assert_eq!(again.headers()[header::HOST], "127.0.0.1:8001");
+        assert!(!again.headers().contains_key(EPOCH_HEADER));
+        assert_eq!(again.headers().len(), 2);
     }
 }
