@@ -15,7 +15,9 @@
 # file (`callgrind_annotate --inclusive=yes FILE` shows where they go).
 #
 # Every wait is bounded (30 s for start-ups, wrk by its duration plus 30 s).
-# Knobs: OUT=DIR (default: a new /tmp/dtable-proxy-instr.XXXXXX, kept), SECONDS_COUNTED=10.
+# Knobs: OUT=DIR (default: a new /tmp/dtable-proxy-instr.XXXXXX, kept), SECONDS_COUNTED=10,
+# NGINX=1 to count nginx too (bench/proxy.sh's routing map, one process, no master), as a
+# baseline measured in the same run.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -114,6 +116,30 @@ done = function(summary, latency, requests)
 end""")
 EOF
 
+ADDRS=()
+for i in 0 1 2; do ADDRS+=("$(head -n1 "$WORK/responder-$i.out")"); done
+
+# Counts the process `pid` (under callgrind, instrumentation off) serving on `port`: a warm-up
+# uncounted, then `COUNTED` seconds of wrk counted; prints one line of the table.
+count() {
+    local name=$1 pid=$2 port=$3 file=$4 n=$5
+    timeout 30 wrk -t1 -c8 -d4s -s "$WORK/mix.lua" "http://127.0.0.1:$port" >/dev/null
+    callgrind_control -i on "$pid" >/dev/null
+    timeout $((COUNTED + 30)) wrk -t1 -c8 -d"${COUNTED}s" -s "$WORK/mix.lua" "http://127.0.0.1:$port" >"$OUT/wrk.$n.txt"
+    callgrind_control -i off "$pid" >/dev/null
+    callgrind_control -d "$pid" >/dev/null
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    local result requests dump instr
+    result=$(grep '^RESULT' "$OUT/wrk.$n.txt")
+    requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$result")
+    [[ $result == *"errors=0 non2xx=0"* ]] || die "errors through $name: $result"
+    # The dump taken while counting is the largest file of this run.
+    dump=$(ls -S "$file"* | head -n1)
+    instr=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n++ { gsub(",", "", $1); print $1 }')
+    printf '%-60s %10d %15d %10d  %s\n' "$name" "$requests" "$instr" $((instr / requests)) "$dump"
+}
+
 printf '%-60s %10s %15s %10s  %s\n' build requests instructions "instr/req" "callgrind file"
 n=0
 for bin in "$@"; do
@@ -127,18 +153,67 @@ for bin in "$@"; do
     vg=$!
     PIDS+=("$vg")
     wait_for "$bin /readyz" curl -sf "http://127.0.0.1:$admin/readyz"
-    timeout 30 wrk -t1 -c8 -d4s -s "$WORK/mix.lua" "http://127.0.0.1:$port" >/dev/null
-    callgrind_control -i on "$vg" >/dev/null
-    timeout $((COUNTED + 30)) wrk -t1 -c8 -d"${COUNTED}s" -s "$WORK/mix.lua" "http://127.0.0.1:$port" >"$OUT/wrk.$n.txt"
-    callgrind_control -i off "$vg" >/dev/null
-    callgrind_control -d "$vg" >/dev/null
-    kill "$vg"
-    wait "$vg" 2>/dev/null || true
-    result=$(grep '^RESULT' "$OUT/wrk.$n.txt")
-    requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$result")
-    [[ $result == *"errors=0 non2xx=0"* ]] || die "errors through $bin: $result"
-    # The dump taken while counting is the largest file of this build.
-    dump=$(ls -S "$file"* | head -n1)
-    instr=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n++ { gsub(",", "", $1); print $1 }')
-    printf '%-60s %10d %15d %10d  %s\n' "$bin" "$requests" "$instr" $((instr / requests)) "$dump"
+    count "$bin" "$vg" "$port" "$file" "$n"
 done
+
+# nginx with bench/proxy.sh's routing, as one process (no master), so that callgrind sees
+# every instruction that serves a request.
+if [[ ${NGINX:-0} == 1 ]]; then
+    command -v nginx >/dev/null || die "NGINX=1 needs nginx (apt-get install nginx-light)"
+    n=$((n + 1))
+    port=$(free_port)
+    file=$OUT/callgrind.$n.out
+    mkdir -p "$WORK/nginx/tmp"
+    {
+        cat <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/tmp/body;
+    proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    keepalive_requests 1000000;
+CONF
+        for i in 0 1 2; do
+            printf '    upstream s%d { server %s; keepalive 64; keepalive_requests 1000000; }\n' "$i" "${ADDRS[i]}"
+        done
+        cat <<'CONF'
+    map $uri $dtable_bucket {
+        default "";
+        "~*^(?:/api/v1)?/dtables/([0-9a-f]{2})" $1;
+    }
+    map $dtable_bucket $dtable_backend {
+        default s0;
+CONF
+        for ((b = 0; b < 256; b++)); do printf '        %02x s%d;\n' "$b" $((b % 3)); done
+        cat <<CONF
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://\$dtable_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+        }
+    }
+}
+CONF
+    } >"$WORK/nginx/nginx.conf"
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$file" \
+        nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" \
+        >"$OUT/nginx.log" 2>&1 &
+    vg=$!
+    PIDS+=("$vg")
+    wait_for nginx curl -s -o /dev/null "http://127.0.0.1:$port/"
+    count "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')" "$vg" "$port" "$file" "$n"
+fi
