@@ -267,6 +267,14 @@ impl ApiState {
             CordonMode::Cordon => {
                 format!("{node} is cordoned: it keeps its {held} buckets and receives no new ones")
             }
+            // A server that registered itself acknowledges no release: its buckets are
+            // reassigned directly, as the leader's `split` decides.
+            CordonMode::Drain if view.nodes.get(&node).is_some_and(|n| !n.record.hands_off()) => {
+                format!(
+                    "{node} is drained: it registered itself and acknowledges no release, so the \
+                     leader reassigns its {held} buckets directly and it receives no new ones"
+                )
+            }
             CordonMode::Drain => format!(
                 "{node} is drained: the leader moves its {held} buckets away by handoff and it receives no new ones"
             ),

@@ -199,11 +199,18 @@ async fn reconcile(
     if !direct.is_empty() {
         let result = writer.apply(view, &direct).await;
         if let Ok(WriteOutcome::Applied { .. }) = result {
+            // Orphans had no live owner; the others belonged to servers that registered
+            // themselves, which acknowledge no release (see `split`).
+            let orphaned = direct
+                .iter()
+                .filter(|m| m.from.as_ref().is_none_or(|f| !view.nodes.contains_key(f)))
+                .count();
             metrics::counter!("dtable_placement_moves_total").increment(direct.len() as u64);
             tracing::info!(
-                placed = direct.len(),
+                orphaned,
+                reassigned = direct.len() - orphaned,
                 nodes = nodes.open.len(),
-                "orphaned buckets placed"
+                "buckets placed directly"
             );
         }
         outcome.note(result.map(|w| match w {

@@ -1,13 +1,14 @@
 //! Servers that register themselves (SeaTable's own cluster mode) acknowledge no release, so
 //! the leader moves their buckets by direct reassignment, as SeaTable's cluster monitor does,
-//! instead of starting handoffs that could only time out. Nodes registered by a managed agent
-//! keep moving by handoff (the other scenarios of this suite).
+//! instead of starting handoffs that could only time out; a drain of one says so. Nodes
+//! registered by a managed agent keep moving by handoff (the other scenarios of this suite).
 
 use dtable_testkit::cluster::{balanced_over, bucket_counts, put_assign, spawn_controlplane};
 use dtable_testkit::{Etcd, wait_until};
 use etcd_client::{EventType, WatchOptions};
 
 use crate::SETTLE;
+use crate::api::post;
 
 /// A record as SeaTable's dtable-server writes it: no `agent` field.
 async fn register_self(client: &etcd_client::Client, node_id: &str) {
@@ -24,7 +25,7 @@ async fn register_self(client: &etcd_client::Client, node_id: &str) {
 }
 
 #[tokio::test]
-async fn a_joiner_gets_its_share_of_self_registered_servers_directly() {
+async fn a_joiner_gets_its_share_of_self_registered_servers_directly_and_a_drain_takes_it_so() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let (a, b, c) = ("dtable-server-a", "dtable-server-b", "dtable-server-c");
@@ -42,7 +43,7 @@ async fn a_joiner_gets_its_share_of_self_registered_servers_directly() {
         )
         .await
         .unwrap();
-    let _cp = spawn_controlplane(&etcd, "cp1", 3, &[]);
+    let cp = spawn_controlplane(&etcd, "cp1", 3, &[]);
     wait_until("the leader keeps the balanced table", SETTLE, || async {
         balanced_over(&client, &[a, b]).await
     })
@@ -55,6 +56,28 @@ async fn a_joiner_gets_its_share_of_self_registered_servers_directly() {
     .await;
     let counts = bucket_counts(&client).await;
     assert!((85..=86).contains(&counts[c]), "{counts:?}");
+
+    // A drain says how the buckets go, and they go the same way.
+    let (status, body) = post(cp.http, &format!("/api/v1/nodes/{c}/drain"), "").await;
+    assert_eq!(status, 200, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("reassigns")
+            && message.contains("directly")
+            && !message.contains("handoff"),
+        "{message}"
+    );
+    wait_until(
+        "the drained server's buckets are reassigned",
+        SETTLE,
+        || async { balanced_over(&client, &[a, b]).await },
+    )
+    .await;
+    let log = cp.proc.log();
+    assert!(
+        log.contains("buckets placed directly") && log.contains("reassigned="),
+        "the leader's log does not say how it placed the buckets"
+    );
 
     // No handoff was started: of everything the watch saw, no event put a move key.
     let mut move_puts = Vec::new();
