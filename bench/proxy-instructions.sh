@@ -156,59 +156,15 @@ for bin in "$@"; do
     count "$bin" "$vg" "$port" "$file" "$n"
 done
 
-# nginx with bench/proxy.sh's routing, as one process (no master), so that callgrind sees
-# every instruction that serves a request.
+# nginx with bench/proxy.sh's routing (bench/nginx-conf.sh), as one process (no master), so
+# that callgrind sees every instruction that serves a request.
 if [[ ${NGINX:-0} == 1 ]]; then
     command -v nginx >/dev/null || die "NGINX=1 needs nginx (apt-get install nginx-light)"
     n=$((n + 1))
     port=$(free_port)
     file=$OUT/callgrind.$n.out
-    mkdir -p "$WORK/nginx/tmp"
-    {
-        cat <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
-    keepalive_requests 1000000;
-CONF
-        for i in 0 1 2; do
-            printf '    upstream s%d { server %s; keepalive 64; keepalive_requests 1000000; }\n' "$i" "${ADDRS[i]}"
-        done
-        cat <<'CONF'
-    map $uri $dtable_bucket {
-        default "";
-        "~*^(?:/api/v1)?/dtables/([0-9a-f]{2})" $1;
-    }
-    map $dtable_bucket $dtable_backend {
-        default s0;
-CONF
-        for ((b = 0; b < 256; b++)); do printf '        %02x s%d;\n' "$b" $((b % 3)); done
-        cat <<CONF
-    }
-    server {
-        listen 127.0.0.1:$port;
-        location / {
-            proxy_pass http://\$dtable_backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$host;
-        }
-    }
-}
-CONF
-    } >"$WORK/nginx/nginx.conf"
+    mkdir -p "$WORK/nginx"
+    "$REPO/bench/nginx-conf.sh" "$WORK/nginx" "$port" 1 off "${ADDRS[@]}" >"$WORK/nginx/nginx.conf"
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$file" \
         nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" \
         >"$OUT/nginx.log" 2>&1 &

@@ -11,6 +11,16 @@ fn node(i: usize) -> NodeId {
     NodeId::new(format!("dtable-server-{i:03}")).unwrap()
 }
 
+/// Nodes 0..n, each of weight 1.
+fn equal_nodes(n: usize) -> Vec<Eligible> {
+    (0..n)
+        .map(|i| Eligible {
+            node: node(i),
+            weight: 1,
+        })
+        .collect()
+}
+
 fn counts(table: &[Option<NodeId>]) -> BTreeMap<NodeId, usize> {
     let mut c = BTreeMap::new();
     for owner in table.iter().flatten() {
@@ -335,12 +345,7 @@ proptest! {
 
 #[test]
 fn three_equal_nodes_split_85_85_86() {
-    let nodes: Vec<Eligible> = (0..3)
-        .map(|i| Eligible {
-            node: node(i),
-            weight: 1,
-        })
-        .collect();
+    let nodes = equal_nodes(3);
     let p = place(&vec![None; 256], &nodes, &Policy::default());
     let mut c: Vec<usize> = counts(&p.table).into_values().collect();
     c.sort();
@@ -350,12 +355,7 @@ fn three_equal_nodes_split_85_85_86() {
 
 #[test]
 fn a_fourth_node_takes_64_from_the_others_only() {
-    let three: Vec<Eligible> = (0..3)
-        .map(|i| Eligible {
-            node: node(i),
-            weight: 1,
-        })
-        .collect();
+    let three = equal_nodes(3);
     let before = place(&vec![None; 256], &three, &Policy::default()).table;
     let mut four = three.clone();
     four.push(Eligible {
@@ -398,12 +398,7 @@ fn weights_shape_the_shares() {
 
 #[test]
 fn a_cordoned_node_gets_none_of_a_leavers_buckets() {
-    let three: Vec<Eligible> = (0..3)
-        .map(|i| Eligible {
-            node: node(i),
-            weight: 1,
-        })
-        .collect();
+    let three = equal_nodes(3);
     let before = place(&vec![None; 256], &three, &Policy::default()).table;
     // Node 2 is cordoned; node 1 leaves. Node 0 takes all of node 1's buckets.
     let nodes = Candidates {
@@ -441,12 +436,7 @@ fn with_every_node_cordoned_only_the_cordoned_keep_buckets() {
 /// above its share, and no bucket moves twice.
 #[test]
 fn a_scale_out_in_two_joins_moves_each_bucket_once() {
-    let all: Vec<Eligible> = (0..3)
-        .map(|i| Eligible {
-            node: node(i),
-            weight: 1,
-        })
-        .collect();
+    let all = equal_nodes(3);
     let nodes_at = |step: usize| all[..if step < 12 { 2 } else { 3 }].to_vec();
     let (table, moved) = lead(vec![Some(node(0)); 256], nodes_at, 12, 8, &[0, 5, 3, 1]);
     check_balanced(&table, &all);
