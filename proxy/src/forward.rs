@@ -62,6 +62,8 @@ pub struct ForwardSettings {
     pub hold_timeout: Duration,
     /// Largest request body kept for a retry after a not-owner answer.
     pub retry_body_limit: usize,
+    /// Plain HTTP/1.1 requests on the routing listener take the byte path ([`crate::h1`]).
+    pub h1_fast_path: bool,
 }
 
 /// Forwards requests; shared by every connection. Plain HTTP/1.1 requests go over each
@@ -71,19 +73,19 @@ pub struct Forwarder {
     pub(crate) table_rx: watch::Receiver<Arc<RoutingTable>>,
     upgrades: Client<HttpConnector, UpstreamBody>,
     h2: Client<HttpConnector, UpstreamBody>,
-    settings: ForwardSettings,
+    pub(crate) settings: ForwardSettings,
     round_robin: AtomicUsize,
     pub(crate) sockets: Arc<SocketRegistry>,
     pub(crate) metrics: ProxyMetrics,
 }
 
 /// Where one attempt went.
-struct Target {
-    upstream: Arc<Upstream>,
+pub(crate) struct Target {
+    pub(crate) upstream: Arc<Upstream>,
     /// The bucket's epoch when sent; `None` for requests without a base.
-    epoch: Option<i64>,
+    pub(crate) epoch: Option<i64>,
     /// The epoch as a header value, made when the table was built.
-    epoch_header: Option<HeaderValue>,
+    pub(crate) epoch_header: Option<HeaderValue>,
 }
 
 /// Why a request could not be forwarded, each with the status the client gets.
@@ -118,7 +120,7 @@ pub enum ForwardError {
 
 impl ForwardError {
     /// The status, stable error code and whether to add `Retry-After`.
-    fn parts(&self) -> (StatusCode, &'static str, bool) {
+    pub(crate) fn parts(&self) -> (StatusCode, &'static str, bool) {
         match self {
             ForwardError::BadUuid(_) => (StatusCode::BAD_REQUEST, "bad_dtable_uuid", false),
             ForwardError::NoOwner(_) => {
@@ -312,13 +314,9 @@ impl Forwarder {
                     stale = true;
                 }
                 Err(e) if e.is_connect() => {
-                    // Retry once if the assignment changed while we were connecting.
-                    let next = match bucket {
-                        Some(b) if !retried_connect => self
-                            .pick(&self.table_rx.borrow(), Some(b), None)
-                            .filter(|t| !Arc::ptr_eq(&t.upstream, &target.upstream)),
-                        _ => None,
-                    };
+                    let next = (!retried_connect)
+                        .then(|| self.moved_elsewhere(bucket, &target))
+                        .flatten();
                     match next {
                         Some(t) => {
                             retried_connect = true;
@@ -344,6 +342,13 @@ impl Forwarder {
         }
     }
 
+    /// After a failed connect to `tried`: the bucket's owner, if the assignment moved the
+    /// bucket elsewhere while we were connecting (a request retries that once).
+    pub(crate) fn moved_elsewhere(&self, bucket: Option<Bucket>, tried: &Target) -> Option<Target> {
+        self.pick(&self.table_rx.borrow(), Some(bucket?), None)
+            .filter(|t| !Arc::ptr_eq(&t.upstream, &tried.upstream))
+    }
+
     /// The HTTP/1.1 client for upgrades, whose connections are handed over to the splice.
     pub(crate) fn upgrade_client(&self) -> &Client<HttpConnector, UpstreamBody> {
         &self.upgrades
@@ -351,7 +356,7 @@ impl Forwarder {
 
     /// Where to send a request: the bucket's owner (waiting until `deadline` for one with an
     /// epoch above `after_epoch`), or any active server for requests without a base.
-    async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         bucket: Option<Bucket>,
         deadline: Instant,
@@ -388,7 +393,7 @@ impl Forwarder {
 
     /// The route in `table`: the bucket's owner if its epoch is above `after_epoch`, or the
     /// next active server round robin for requests without a base.
-    fn pick(
+    pub(crate) fn pick(
         &self,
         table: &RoutingTable,
         bucket: Option<Bucket>,

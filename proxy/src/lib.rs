@@ -7,6 +7,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod forward;
+pub mod h1;
 pub mod locate;
 pub mod metrics;
 pub mod pool;

@@ -22,7 +22,16 @@ pub fn base_of<B>(req: &Request<B>) -> Result<Option<String>, BucketError> {
 
 /// The base UUID as the request spells it, from the first place that names one.
 fn raw_base<B>(req: &Request<B>) -> Result<Option<&str>, BucketError> {
-    let path = req.uri().path();
+    let header = req.headers().get(UUID_HEADER).map(|v| v.as_bytes());
+    base_in(req.uri().path(), req.uri().query(), header)
+}
+
+/// The base UUID as a request with this path, query and `x-dtable-uuid` header spells it.
+pub fn base_in<'a>(
+    path: &'a str,
+    query: Option<&'a str>,
+    header: Option<&'a [u8]>,
+) -> Result<Option<&'a str>, BucketError> {
     let mut segments = path.split('/');
     while let Some(segment) = segments.next() {
         if segment == "dtables"
@@ -31,17 +40,19 @@ fn raw_base<B>(req: &Request<B>) -> Result<Option<&str>, BucketError> {
             return Ok(Some(uuid));
         }
     }
-    if let Some(query) = req.uri().query() {
+    if let Some(query) = query {
         for pair in query.split('&') {
             if let Some(uuid) = pair.strip_prefix("dtable_uuid=") {
                 return Ok(Some(uuid));
             }
         }
     }
-    if let Some(value) = req.headers().get(UUID_HEADER) {
-        let uuid = value
-            .to_str()
-            .map_err(|_| BucketError::MalformedUuid("<non-ASCII>".into()))?;
+    if let Some(value) = header {
+        // What `HeaderValue::to_str` accepts.
+        let uuid = std::str::from_utf8(value)
+            .ok()
+            .filter(|v| v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+            .ok_or_else(|| BucketError::MalformedUuid("<non-ASCII>".into()))?;
         return Ok(Some(uuid.trim()));
     }
     Ok(None)

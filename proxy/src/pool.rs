@@ -109,6 +109,12 @@ fn closed_under_us(e: &hyper::Error) -> bool {
             })
 }
 
+/// Whether an idle connection is still open: nothing (no close, no stray bytes) has come in
+/// on it. Costs no system call unless the event loop saw it become readable.
+fn is_open(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
 /// The idle connections to one upstream.
 #[derive(Debug)]
 pub struct ConnPool {
@@ -116,6 +122,14 @@ pub struct ConnPool {
     addr: String,
     settings: PoolSettings,
     idle: [Mutex<Vec<Idle>>; SHARDS],
+    /// Idle connections of the byte path ([`crate::h1`]), which speaks HTTP/1.1 on them itself.
+    raw: [Mutex<Vec<RawIdle>>; SHARDS],
+}
+
+#[derive(Debug)]
+struct RawIdle {
+    stream: TcpStream,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -131,6 +145,7 @@ impl ConnPool {
             addr,
             settings,
             idle: std::array::from_fn(|_| Mutex::new(Vec::new())),
+            raw: std::array::from_fn(|_| Mutex::new(Vec::new())),
         })
     }
 
@@ -179,7 +194,44 @@ impl ConnPool {
             idle.retain(|c| !c.sender.is_closed() && now - c.since < self.settings.idle_timeout);
             left += idle.len();
         }
+        for shard in &self.raw {
+            let mut idle = shard.lock().expect("pool lock");
+            idle.retain(|c| now - c.since < self.settings.idle_timeout && is_open(&c.stream));
+            left += idle.len();
+        }
         left
+    }
+
+    /// The current worker's most recently returned idle TCP connection for the byte path
+    /// that is still open, with nothing unread on it.
+    pub fn checkout_raw(&self) -> Option<TcpStream> {
+        let now = Instant::now();
+        let mut idle = self.raw[shard()].lock().expect("pool lock");
+        while let Some(c) = idle.pop() {
+            if now - c.since < self.settings.idle_timeout && is_open(&c.stream) {
+                return Some(c.stream);
+            }
+        }
+        None
+    }
+
+    /// Gives back a byte-path connection whose last response has ended.
+    pub fn checkin_raw(&self, stream: TcpStream) {
+        let mut idle = self.raw[shard()].lock().expect("pool lock");
+        if idle.len() < MAX_IDLE {
+            idle.push(RawIdle {
+                stream,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A new TCP connection for the byte path.
+    pub async fn connect_raw(&self) -> io::Result<TcpStream> {
+        self.connect_tcp().await.map_err(|e| match e {
+            SendError::Connect(e) => e,
+            other => io::Error::other(other.to_string()),
+        })
     }
 
     /// The current worker's most recently returned idle connection that can take a request.
@@ -204,7 +256,7 @@ impl ConnPool {
         }
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<UpstreamBody>, SendError> {
+    async fn connect_tcp(&self) -> Result<TcpStream, SendError> {
         let stream = tokio::time::timeout(
             self.settings.connect_timeout,
             TcpStream::connect(self.addr.as_str()),
@@ -218,6 +270,11 @@ impl ConnPool {
         })?
         .map_err(SendError::Connect)?;
         stream.set_nodelay(true).map_err(SendError::Connect)?;
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<UpstreamBody>, SendError> {
+        let stream = self.connect_tcp().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
@@ -293,7 +350,13 @@ impl Body for PooledBody {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
+            // Trailers are the last frame: hyper's server writes them and polls no further,
+            // so the body's end is never seen as `None`.
             None => {
+                this.done = true;
+                this.give_back(Some(cx));
+            }
+            Some(Ok(f)) if f.is_trailers() => {
                 this.done = true;
                 this.give_back(Some(cx));
             }

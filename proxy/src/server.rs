@@ -32,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::{ClientBody, Forwarder, Peer};
+use crate::h1::{self, Ended, Rewind};
 use crate::watchdog::{self, ConnClock, Timeouts, Tracked, Watched};
 
 /// What a listener does with each request: answers it, never failing (errors become
@@ -43,6 +44,12 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<Incoming>,
         peer: &Peer,
     ) -> impl Future<Output = Response<ClientBody>> + Send;
+
+    /// The forwarder whose byte path ([`crate::h1`]) serves this listener's plain HTTP/1.1
+    /// requests; `None` sends every request through [`Handler::call`].
+    fn byte_path(&self) -> Option<&Forwarder> {
+        None
+    }
 }
 
 /// The routing listener's handler: to the owner of the request's bucket.
@@ -53,6 +60,10 @@ impl Handler for Forwarder {
         peer: &Peer,
     ) -> impl Future<Output = Response<ClientBody>> + Send {
         self.handle(req, peer)
+    }
+
+    fn byte_path(&self) -> Option<&Forwarder> {
+        self.settings.h1_fast_path.then_some(self)
     }
 }
 
@@ -120,7 +131,7 @@ pub async fn serve<H: Handler>(
 ) {
     let name = kind.name();
     let acceptor = tls.as_ref().map(ServerTls::acceptor);
-    let conns = Arc::new(ConnSettings::new(&limits));
+    let conns = Arc::new(ConnSettings::new(&limits, shutdown.clone()));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let stop_workers = CancellationToken::new();
@@ -203,16 +214,23 @@ pub async fn serve<H: Handler>(
 struct ConnSettings {
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
+    /// Largest request head (for the byte path; hyper has its own copy).
+    max_header_bytes: usize,
+    /// Cancelled when the listener stops accepting: the byte path then closes each
+    /// connection at its next idle moment, as hyper's graceful shutdown does.
+    draining: CancellationToken,
 }
 
 impl ConnSettings {
-    fn new(limits: &Limits) -> ConnSettings {
+    fn new(limits: &Limits, draining: CancellationToken) -> ConnSettings {
         ConnSettings {
             builder: connection_builder(limits),
             timeouts: Timeouts {
                 header: limits.header_timeout,
                 keepalive: limits.keepalive_timeout,
             },
+            max_header_bytes: limits.max_header_bytes,
+            draining,
         }
     }
 }
@@ -284,7 +302,7 @@ fn serve_connection<H: Handler>(
     match acceptor {
         None => {
             tokio::spawn(async move {
-                http(stream, peer, false, fwd, &conns, watcher).await;
+                plain(stream, peer, fwd, &conns, watcher).await;
                 drop(permit);
             });
         }
@@ -292,7 +310,10 @@ fn serve_connection<H: Handler>(
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => http(tls, peer, true, fwd, &conns, watcher).await,
+                    Ok(Ok(tls)) => {
+                        let clock = Arc::new(ConnClock::default());
+                        http(tls, peer, true, fwd, &conns, watcher, clock).await;
+                    }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
@@ -300,6 +321,40 @@ fn serve_connection<H: Handler>(
             });
         }
     }
+}
+
+/// Serves a plain-TCP client connection: on the byte path while it can, then (if a request
+/// needs it) through hyper for the rest of the connection.
+async fn plain<H: Handler>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    fwd: Arc<H>,
+    conns: &ConnSettings,
+    watcher: Watcher,
+) {
+    let clock = Arc::new(ConnClock::default());
+    let Some(router) = fwd.byte_path() else {
+        return http(stream, peer, false, fwd, conns, watcher, clock).await;
+    };
+    let client = Peer::new(peer, false);
+    let ended = tokio::select! {
+        biased;
+        ended = h1::serve(&mut stream, router, &client, &clock, conns.max_header_bytes, &conns.draining) => ended,
+        cut = watchdog::watch(&clock, conns.timeouts) => {
+            closed_by_watchdog(peer, cut);
+            return;
+        }
+    };
+    if let Ended::Fallback(read) = ended {
+        let io = Rewind::new(read, stream);
+        http(io, peer, false, fwd, conns, watcher, clock).await;
+    }
+}
+
+fn closed_by_watchdog(peer: SocketAddr, cut: watchdog::Cut) {
+    ::metrics::counter!("dtable_proxy_client_connections_closed_total", "reason" => cut.as_str())
+        .increment(1);
+    tracing::debug!(%peer, reason = cut.as_str(), "closing the client connection");
 }
 
 /// Speaks HTTP on one client connection until it ends, the drain closes it, or its watchdog
@@ -311,10 +366,10 @@ async fn http<I, H: Handler>(
     fwd: Arc<H>,
     conns: &ConnSettings,
     watcher: Watcher,
+    clock: Arc<ConnClock>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let clock = Arc::new(ConnClock::default());
     let client = Arc::new(Peer::new(peer, tls));
     let svc = {
         let clock = Arc::clone(&clock);
@@ -340,11 +395,7 @@ async fn http<I, H: Handler>(
         ended = conn => if let Err(e) = ended {
             tracing::debug!(%peer, error = %e, "client connection ended with an error");
         },
-        cut = watchdog::watch(&clock, conns.timeouts) => {
-            ::metrics::counter!("dtable_proxy_client_connections_closed_total", "reason" => cut.as_str())
-                .increment(1);
-            tracing::debug!(%peer, reason = cut.as_str(), "closing the client connection");
-        }
+        cut = watchdog::watch(&clock, conns.timeouts) => closed_by_watchdog(peer, cut),
     }
 }
 

@@ -100,7 +100,7 @@ impl ConnClock {
     }
 
     /// Bytes came in from the client. Between requests, the first of them starts a head.
-    fn bytes_in(&self) {
+    pub(crate) fn bytes_in(&self) {
         if self.in_flight.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 {
             self.head_since.store(self.stamp(Instant::now()), Relaxed);
         }

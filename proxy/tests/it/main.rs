@@ -2,6 +2,7 @@
 
 mod admin;
 mod bad_input;
+mod bytepath;
 mod holding;
 mod keepalive;
 mod lifecycle;
