@@ -56,6 +56,8 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const READ_ROOM: usize = 4 * 1024;
 /// Size of the buffer response bodies pass through.
 const BODY_CHUNK: usize = 16 * 1024;
+/// Buffers larger than this are dropped between requests.
+const KEEP_BETWEEN_REQUESTS: usize = 2 * BODY_CHUNK;
 
 /// How a client connection's time on this path ended.
 pub enum Ended {
@@ -131,6 +133,7 @@ pub async fn serve(
         } else {
             conn.inbuf.drain(..whole);
         }
+        conn.trim();
         if matches!(flow, Flow::Close) || draining.is_cancelled() {
             let _ = conn.client.shutdown().await;
             return Ended::Closed;
@@ -180,6 +183,25 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
+    /// Lets go of buffers a large message grew, so that an idle connection keeps little.
+    fn trim(&mut self) {
+        for buf in [&mut self.inbuf, &mut self.out, &mut self.resp] {
+            if buf.capacity() > KEEP_BETWEEN_REQUESTS && buf.is_empty() {
+                *buf = Vec::new();
+            }
+        }
+    }
+
+    /// Whether the client has gone away (bytes it sent meanwhile are kept for later).
+    fn client_gone(&mut self) -> bool {
+        reserve(&mut self.inbuf, READ_ROOM);
+        match self.client.try_read_buf(&mut self.inbuf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// Sends the request to `target`, and again wherever hyper's path would send it again,
     /// until the client has an answer.
     async fn forward(
@@ -227,6 +249,11 @@ impl Conn<'_> {
                         Ok(t) => t,
                         Err(e) => return self.refuse(e, started, close).await,
                     };
+                    // While it waited, no one watched the client: a request whose client has
+                    // left is not sent again (as on hyper's path, where it is dropped).
+                    if self.client_gone() {
+                        return Flow::Close;
+                    }
                 }
                 Err(Failed::Stale(e)) if !stale && head.idempotent => {
                     tracing::debug!(node = %target.upstream.node_id, error = %e, "sending again on a new connection");

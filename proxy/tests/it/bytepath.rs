@@ -62,7 +62,8 @@ fn request(buf: &[u8]) -> Option<(String, Vec<u8>, usize)> {
 
 /// A raw HTTP/1.1 upstream whose answer depends on the path: `/chunked` (chunked, with an
 /// extension and a trailer), `/echo` (the request body), `/close` (no length: ends with the
-/// connection), `/informational` (a 100 before the answer), else the query as the body.
+/// connection), `/informational` (a 100 before the answer), `/not-owner` (409 not-owner), else
+/// the query as the body.
 async fn upstream() -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
@@ -107,6 +108,9 @@ async fn upstream() -> (String, Seen) {
                             b"HTTP/1.1 200 OK\r\nx-dtable-node: raw\r\n\r\nuntil close".to_vec(),
                             true,
                         )
+                    } else if target.contains("/not-owner") {
+                        let r = "HTTP/1.1 409 Conflict\r\nx-dtable-not-owner: 1\r\ncontent-length: 0\r\n\r\n";
+                        (r.as_bytes().to_vec(), false)
                     } else if target.contains("/informational") {
                         let mut r = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
                         r.extend(plain(b"after 100"));
@@ -324,4 +328,38 @@ async fn pipelined_requests_are_answered_in_order_across_both_paths() {
         .collect();
     assert_eq!(bodies, ["n=1", "n=2", "n=3", "n=4", "n=5"], "{answer}");
     assert_eq!(seen.heads.lock().unwrap().len() - before, 5);
+}
+
+#[tokio::test]
+async fn a_refused_request_whose_client_left_is_not_sent_again() {
+    let s = Setup::start(1, &[]).await;
+    let (url, seen) = upstream().await;
+    put_node(&s.client, "dtable-server-raw", &url).await;
+    put_assign(&s.client, BUCKET, "dtable-server-raw").await;
+    let base = format!("/dtables/{}", uuid_in_bucket(BUCKET, 11));
+    routed_to_raw(&s.proxy, &format!("{base}/?n=0")).await;
+
+    // The upstream refuses every time: the proxy resends with a back-off of 25 ms doubling to
+    // 500 ms, until the client goes away.
+    let count = || {
+        seen.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.contains("/not-owner"))
+            .count()
+    };
+    let mut conn = TcpStream::connect(s.proxy.addr).await.unwrap();
+    let request = format!("GET {base}/not-owner HTTP/1.1\r\nhost: x\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    wait_until("the proxy resends the refused request", SETTLE, || async {
+        count() >= 3
+    })
+    .await;
+    drop(conn);
+    // One more may be on its way as the client leaves; none after that.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let after_leaving = count();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(count(), after_leaving, "sent again after its client left");
 }
