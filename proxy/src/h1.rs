@@ -1087,6 +1087,73 @@ mod tests {
         }
     }
 
+    /// Header names a request may carry, in the spellings clients use: the ones either path
+    /// treats apart, and ordinary ones.
+    const NAMES: [&str; 16] = [
+        "Host",
+        "host",
+        "Connection",
+        "Keep-Alive",
+        "TE",
+        "Trailer",
+        "Proxy-Connection",
+        "Proxy-Authorization",
+        "X-Forwarded-For",
+        "x-forwarded-proto",
+        "X-Forwarded-Host",
+        "X-Dtable-Epoch",
+        "X-Dtable-Uuid",
+        "Cookie",
+        "Accept",
+        "x-custom",
+    ];
+
+    proptest::proptest! {
+        /// Any mix of those headers: the byte path sends upstream what hyper's path sends, or
+        /// leaves the request to hyper.
+        #[test]
+        fn any_header_mix_goes_upstream_as_hyper_s_path_sends_it(
+            headers in proptest::collection::vec(
+                (0..NAMES.len(), proptest::sample::select(vec![
+                    "keep-alive", "close", "trailers", "192.0.2.7", "a, b", "https",
+                    "cloud.example", "*/*", "x", UUID, "",
+                ])),
+                0..12,
+            )
+        ) {
+            let mut head = format!("GET /dtables/{UUID}/rows/ HTTP/1.1\r\n");
+            let mut map = HeaderMap::new();
+            for (n, v) in &headers {
+                head.push_str(&format!("{}: {v}\r\n", NAMES[*n]));
+                map.append(
+                    HeaderName::from_bytes(NAMES[*n].as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            head.push_str("\r\n");
+            let (parsed, mid) = parse(&head);
+            if let Parse::Ready(h) = parsed {
+                proptest::prop_assert_eq!(h.bucket, Some(Bucket(0xc3)));
+                crate::forward::strip_hop_by_hop(&mut map, false);
+                map.remove(crate::forward::EPOCH_HEADER);
+                let uri = format!("/dtables/{UUID}/rows/").parse().unwrap();
+                crate::forward::add_forwarding(&mut map, &uri, &peer());
+                let mut want: Vec<_> = map
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+                    .collect();
+                want.sort();
+                proptest::prop_assert_eq!(lines(&mid), want);
+            } else {
+                // Only a Connection header naming another header is left to hyper here.
+                let named = headers.iter().any(|(n, v)| {
+                    NAMES[*n] == "Connection" && !["keep-alive", "close", ""].contains(v)
+                });
+                proptest::prop_assert!(named, "{:?} left to hyper", parsed);
+            }
+        }
+    }
+
     #[test]
     fn the_head_is_read_in_place() {
         let head =
