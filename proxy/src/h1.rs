@@ -94,9 +94,10 @@ pub async fn serve(
                     Parse::Ready(head) if head.len <= max_head => break head,
                     Parse::Partial if conn.inbuf.len() < max_head => {}
                     // Hyper's path answers 431 to a head over the limit, 400 to a bad one.
-                    Parse::Ready(_) | Parse::Partial | Parse::Other => {
-                        return Ended::Fallback(std::mem::take(&mut conn.inbuf));
+                    Parse::Ready(_) | Parse::Partial => {
+                        return conn.hand_over(Handoff::HeadTooLarge);
                     }
+                    Parse::Other(why) => return conn.hand_over(why),
                 }
             }
             reserve(&mut conn.inbuf, READ_ROOM);
@@ -113,7 +114,7 @@ pub async fn serve(
         let started = Instant::now();
         // Moving or unowned: hyper's path holds the request until the bucket has an owner.
         let Some(target) = fwd.pick(&fwd.table_rx.borrow(), head.bucket, None) else {
-            return Ended::Fallback(std::mem::take(&mut conn.inbuf));
+            return conn.hand_over(Handoff::Held);
         };
         let in_flight = clock.request_started();
         let whole = head.len + head.body_len;
@@ -183,6 +184,13 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
+    /// Leaves the rest of the connection to hyper, counting why.
+    fn hand_over(&mut self, why: Handoff) -> Ended {
+        ::metrics::counter!("dtable_proxy_hyper_handoffs_total", "reason" => why.as_str())
+            .increment(1);
+        Ended::Fallback(std::mem::take(&mut self.inbuf))
+    }
+
     /// Lets go of buffers a large message grew, so that an idle connection keeps little.
     fn trim(&mut self) {
         for buf in [&mut self.inbuf, &mut self.out, &mut self.resp] {
@@ -487,9 +495,58 @@ struct Head {
 enum Parse {
     /// The head is not complete yet.
     Partial,
-    /// The request is for hyper's path.
-    Other,
+    /// The request is for hyper's path, for this reason.
+    Other(Handoff),
     Ready(Head),
+}
+
+/// Why a connection went over to hyper's path (the `reason` of
+/// `dtable_proxy_hyper_handoffs_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handoff {
+    /// HTTP/2 with prior knowledge (gRPC).
+    Http2,
+    /// HTTP/1.0.
+    Http10,
+    /// A head that does not parse (hyper answers 400).
+    Malformed,
+    /// A head over `--max-header-bytes` (hyper answers 431).
+    HeadTooLarge,
+    /// Not a path in origin form, or not in plain ASCII.
+    RequestTarget,
+    /// A WebSocket or other upgrade.
+    Upgrade,
+    /// `Expect: 100-continue`.
+    Expect,
+    /// A chunked request body.
+    Chunked,
+    /// A request body over [`BODY_LIMIT`] (or `--retry-body-limit`).
+    LargeBody,
+    /// A `Connection` header naming other headers.
+    ConnectionHeader,
+    /// A base that is not a UUID (hyper's path answers 400).
+    BadUuid,
+    /// A bucket that is moving or has no owner (hyper's path holds the request).
+    Held,
+}
+
+impl Handoff {
+    fn as_str(self) -> &'static str {
+        match self {
+            Handoff::Http2 => "http2",
+            Handoff::Http10 => "http1_0",
+            Handoff::Malformed => "malformed_head",
+            Handoff::HeadTooLarge => "head_too_large",
+            Handoff::RequestTarget => "request_target",
+            Handoff::Upgrade => "upgrade",
+            Handoff::Expect => "expect",
+            Handoff::Chunked => "chunked_body",
+            Handoff::LargeBody => "large_body",
+            Handoff::ConnectionHeader => "connection_header",
+            Handoff::BadUuid => "bad_uuid",
+            Handoff::Held => "held",
+        }
+    }
 }
 
 /// The headers either path treats apart from the rest.
@@ -577,14 +634,15 @@ fn parse_request(buf: &[u8], mid: &mut Vec<u8>, peer: &Peer, body_limit: usize) 
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parse::Partial,
-        Err(_) => return Parse::Other,
+        Err(_) if buf.starts_with(b"PRI * HTTP/2") => return Parse::Other(Handoff::Http2),
+        Err(_) => return Parse::Other(Handoff::Malformed),
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Parse::Other;
+        return Parse::Other(Handoff::Http10);
     };
     // Origin form only, in plain visible ASCII (what hyper's URI parser surely takes).
     if !target.starts_with('/') || !target.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
-        return Parse::Other;
+        return Parse::Other(Handoff::RequestTarget);
     }
     let offset = |s: &str| s.as_ptr() as usize - buf.as_ptr() as usize;
     mid.clear();
@@ -601,18 +659,20 @@ fn parse_request(buf: &[u8], mid: &mut Vec<u8>, peer: &Peer, body_limit: usize) 
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if !t.eq_ignore_ascii_case(b"keep-alive") {
-                        return Parse::Other;
+                        return Parse::Other(Handoff::ConnectionHeader);
                     }
                 }
             }
             Name::HopByHop | Name::Epoch => {}
-            Name::Upgrade | Name::Expect | Name::TransferEncoding => return Parse::Other,
+            Name::Upgrade => return Parse::Other(Handoff::Upgrade),
+            Name::Expect => return Parse::Other(Handoff::Expect),
+            Name::TransferEncoding => return Parse::Other(Handoff::Chunked),
             Name::ContentLength => {
                 let Some(n) = content_length(h.value) else {
-                    return Parse::Other;
+                    return Parse::Other(Handoff::Malformed);
                 };
                 if body_len.is_some_and(|b| b != n) {
-                    return Parse::Other;
+                    return Parse::Other(Handoff::Malformed);
                 }
                 if body_len.is_none() {
                     header(mid, h.name.as_bytes(), h.value);
@@ -637,7 +697,7 @@ fn parse_request(buf: &[u8], mid: &mut Vec<u8>, peer: &Peer, body_limit: usize) 
     }
     let body_len = match usize::try_from(body_len.unwrap_or(0)) {
         Ok(n) if n <= body_limit => n,
-        _ => return Parse::Other,
+        _ => return Parse::Other(Handoff::LargeBody),
     };
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -646,9 +706,9 @@ fn parse_request(buf: &[u8], mid: &mut Vec<u8>, peer: &Peer, body_limit: usize) 
     let bucket = match locate::base_in(path, query, uuid) {
         Ok(base) => match base.map(Bucket::of_base).transpose() {
             Ok(bucket) => bucket,
-            Err(_) => return Parse::Other,
+            Err(_) => return Parse::Other(Handoff::BadUuid),
         },
-        Err(_) => return Parse::Other,
+        Err(_) => return Parse::Other(Handoff::BadUuid),
     };
     // The forwarding headers, as `forward::add_forwarding` sets them.
     mid.extend_from_slice(b"x-forwarded-for: ");
@@ -1146,7 +1206,10 @@ mod tests {
                 let named = headers.iter().any(|(n, v)| {
                     NAMES[*n] == "Connection" && !["keep-alive", "close", ""].contains(v)
                 });
-                proptest::prop_assert!(named, "{:?} left to hyper", parsed);
+                proptest::prop_assert!(
+                    named && matches!(parsed, Parse::Other(Handoff::ConnectionHeader)),
+                    "{:?} left to hyper", parsed
+                );
             }
         }
     }
@@ -1176,28 +1239,52 @@ mod tests {
 
     #[test]
     fn everything_unusual_goes_to_hyper() {
+        use Handoff::*;
         let body = "x".repeat(BODY_LIMIT + 1);
-        for head in [
-            "GET /ping/ HTTP/1.0\r\n\r\n".to_owned(),
-            "GET http://example/ping/ HTTP/1.1\r\n\r\n".to_owned(),
-            "OPTIONS * HTTP/1.1\r\n\r\n".to_owned(),
-            "GET /socket.io/ HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
-                .to_owned(),
-            "POST /x HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n".to_owned(),
-            "POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n".to_owned(),
-            format!(
-                "POST /x HTTP/1.1\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
+        let large = format!(
+            "POST /x HTTP/1.1\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        for (head, why) in [
+            ("GET /ping/ HTTP/1.0\r\n\r\n", Http10),
+            ("GET http://example/ping/ HTTP/1.1\r\n\r\n", RequestTarget),
+            ("OPTIONS * HTTP/1.1\r\n\r\n", RequestTarget),
+            (
+                "GET /socket.io/ HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+                ConnectionHeader,
             ),
-            "POST /x HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n".to_owned(),
-            "POST /x HTTP/1.1\r\ncontent-length: -1\r\n\r\n".to_owned(),
-            "GET /x HTTP/1.1\r\nconnection: x-secret\r\nx-secret: 1\r\n\r\n".to_owned(),
-            "GET /dtables/not-a-uuid/ HTTP/1.1\r\n\r\n".to_owned(),
-            "GET /x HTTP/1.1\r\nx-dtable-uuid: zz\r\n\r\n".to_owned(),
-            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned(),
-            "GET /x HTTP/1.1\r\nbad header\r\n\r\n".to_owned(),
+            (
+                "GET /socket.io/ HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
+                Upgrade,
+            ),
+            (
+                "POST /x HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+                Expect,
+            ),
+            (
+                "POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+                Chunked,
+            ),
+            (large.as_str(), LargeBody),
+            (
+                "POST /x HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                Malformed,
+            ),
+            ("POST /x HTTP/1.1\r\ncontent-length: -1\r\n\r\n", Malformed),
+            (
+                "GET /x HTTP/1.1\r\nconnection: x-secret\r\nx-secret: 1\r\n\r\n",
+                ConnectionHeader,
+            ),
+            ("GET /dtables/not-a-uuid/ HTTP/1.1\r\n\r\n", BadUuid),
+            ("GET /x HTTP/1.1\r\nx-dtable-uuid: zz\r\n\r\n", BadUuid),
+            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Http2),
+            ("GET /x HTTP/1.1\r\nbad header\r\n\r\n", Malformed),
         ] {
-            assert!(matches!(parse(&head).0, Parse::Other), "{head:?}");
+            let got = parse(head).0;
+            assert!(
+                matches!(got, Parse::Other(w) if w == why),
+                "{head:?}: {got:?}"
+            );
         }
         assert!(matches!(parse("GET /dtables/").0, Parse::Partial));
         assert!(matches!(

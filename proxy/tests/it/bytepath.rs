@@ -328,6 +328,11 @@ async fn pipelined_requests_are_answered_in_order_across_both_paths() {
         .collect();
     assert_eq!(bodies, ["n=1", "n=2", "n=3", "n=4", "n=5"], "{answer}");
     assert_eq!(seen.heads.lock().unwrap().len() - before, 5);
+    let metrics = http::get(s.proxy.admin, "/metrics").await.unwrap().text();
+    assert!(
+        metrics.contains("dtable_proxy_hyper_handoffs_total{reason=\"chunked_body\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
