@@ -18,12 +18,15 @@
 //! read so far ([`Rewind`]): a request that is not HTTP/1.1 in origin form; an upgrade;
 //! `Expect`; `Transfer-Encoding`; a body larger than [`BODY_LIMIT`] or the retry limit; a
 //! `Connection` header naming other headers; a base that is not a UUID (hyper's path answers
-//! 400); a bucket that is moving or has no owner (hyper's path holds the request); a head that
-//! does not parse or is too large (hyper answers 400 or 431); HTTP/2's preface. A request that
-//! takes this path gets the answer hyper's path would give: the not-owner retry, the retry of
-//! an idempotent request whose kept-alive connection closed, the one retry after a failed
-//! connect, and the JSON errors are the same (`forward::Forwarder::resolve`/`pick` choose
-//! the target for both), and the tests run both paths (`--h1-fast-path false`).
+//! 400); a head that does not parse or is too large (hyper answers 400 or 431); HTTP/2's
+//! preface.
+//!
+//! A request that takes this path gets the answer hyper's path would give: holding while its
+//! bucket has no owner, the not-owner retry, the resend of an idempotent request whose
+//! kept-alive connection closed, the one retry after a failed connect, and the JSON errors
+//! (`forward::Forwarder::resolve`/`pick` choose the target for both). One difference: while a
+//! request is held or waits for its answer, this path does not read the client, so a client
+//! that leaves is noticed before the request is sent (again), not at once.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -112,10 +115,8 @@ pub async fn serve(
             }
         };
         let started = Instant::now();
-        // Moving or unowned: hyper's path holds the request until the bucket has an owner.
-        let Some(target) = fwd.pick(&fwd.table_rx.borrow(), head.bucket, None) else {
-            return conn.hand_over(Handoff::Held);
-        };
+        // `None` while the bucket is moving or unowned: the request is held below.
+        let target = fwd.pick(&fwd.table_rx.borrow(), head.bucket, None);
         let in_flight = clock.request_started();
         let whole = head.len + head.body_len;
         while conn.inbuf.len() < whole {
@@ -215,12 +216,24 @@ impl Conn<'_> {
     async fn forward(
         &mut self,
         head: &Head,
-        mut target: Target,
+        target: Option<Target>,
         started: Instant,
         close: bool,
     ) -> Flow {
         let fwd = self.fwd;
         let deadline = started + fwd.settings.hold_timeout;
+        let mut target = match target {
+            Some(t) => t,
+            // Held until the bucket has an owner, as on hyper's path. Boxed: rare.
+            None => match Box::pin(fwd.resolve(head.bucket, deadline, None)).await {
+                Ok(t) if self.client_gone() => {
+                    tracing::debug!(node = %t.upstream.node_id, "client left while its request was held");
+                    return Flow::Close;
+                }
+                Ok(t) => t,
+                Err(e) => return self.refuse(e, started, close).await,
+            },
+        };
         let mut retried_connect = false;
         let mut stale = false;
         let mut backoff = Duration::from_millis(25);
@@ -526,8 +539,6 @@ enum Handoff {
     ConnectionHeader,
     /// A base that is not a UUID (hyper's path answers 400).
     BadUuid,
-    /// A bucket that is moving or has no owner (hyper's path holds the request).
-    Held,
 }
 
 impl Handoff {
@@ -544,7 +555,6 @@ impl Handoff {
             Handoff::LargeBody => "large_body",
             Handoff::ConnectionHeader => "connection_header",
             Handoff::BadUuid => "bad_uuid",
-            Handoff::Held => "held",
         }
     }
 }

@@ -129,6 +129,15 @@ async fn upstream() -> (String, Seen) {
     (url, seen)
 }
 
+/// A raw [`upstream`] registered as `dtable-server-raw` and given [`BUCKET`]: its URL, what it
+/// sees, and the path of base `n` in the bucket.
+async fn raw_bucket(s: &Setup, n: u64) -> (String, Seen, String) {
+    let (url, seen) = upstream().await;
+    put_node(&s.client, "dtable-server-raw", &url).await;
+    put_assign(&s.client, BUCKET, "dtable-server-raw").await;
+    (url, seen, format!("/dtables/{}", uuid_in_bucket(BUCKET, n)))
+}
+
 /// Waits until `proxy` sends requests for `path` to the raw upstream.
 async fn routed_to_raw(proxy: &Proxy, path: &str) {
     let addr = proxy.addr;
@@ -186,10 +195,7 @@ async fn both_paths_send_the_same_requests_and_pass_every_framing_through() {
     let s = Setup::start(1, &[]).await;
     let hyper_only = spawn_proxy(&s.etcd, &["--h1-fast-path", "false"]);
     ready(&hyper_only).await;
-    let (url, seen) = upstream().await;
-    put_node(&s.client, "dtable-server-raw", &url).await;
-    put_assign(&s.client, BUCKET, "dtable-server-raw").await;
-    let base = format!("/dtables/{}", uuid_in_bucket(BUCKET, 7));
+    let (url, seen, base) = raw_bucket(&s, 7).await;
     for proxy in [&s.proxy, &hyper_only] {
         routed_to_raw(proxy, &format!("{base}/?n=0")).await;
     }
@@ -304,10 +310,7 @@ async fn etcd_epoch(client: &etcd_client::Client, bucket: u8) -> i64 {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_across_both_paths() {
     let s = Setup::start(1, &[]).await;
-    let (url, seen) = upstream().await;
-    put_node(&s.client, "dtable-server-raw", &url).await;
-    put_assign(&s.client, BUCKET, "dtable-server-raw").await;
-    let base = format!("/dtables/{}", uuid_in_bucket(BUCKET, 9));
+    let (_, seen, base) = raw_bucket(&s, 9).await;
     routed_to_raw(&s.proxy, &format!("{base}/?n=0")).await;
 
     // Sent at once: two on the byte path, one with a chunked body (hyper's path from there
@@ -338,10 +341,7 @@ async fn pipelined_requests_are_answered_in_order_across_both_paths() {
 #[tokio::test]
 async fn a_refused_request_whose_client_left_is_not_sent_again() {
     let s = Setup::start(1, &[]).await;
-    let (url, seen) = upstream().await;
-    put_node(&s.client, "dtable-server-raw", &url).await;
-    put_assign(&s.client, BUCKET, "dtable-server-raw").await;
-    let base = format!("/dtables/{}", uuid_in_bucket(BUCKET, 11));
+    let (_, seen, base) = raw_bucket(&s, 11).await;
     routed_to_raw(&s.proxy, &format!("{base}/?n=0")).await;
 
     // The upstream refuses every time: the proxy resends with a back-off of 25 ms doubling to
@@ -367,4 +367,60 @@ async fn a_refused_request_whose_client_left_is_not_sent_again() {
     let after_leaving = count();
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(count(), after_leaving, "sent again after its client left");
+}
+
+#[tokio::test]
+async fn a_held_request_is_sent_when_its_bucket_lands_unless_its_client_left() {
+    let s = Setup::start(1, &[]).await;
+    let (_, seen, base) = raw_bucket(&s, 13).await;
+    routed_to_raw(&s.proxy, &format!("{base}/?n=0")).await;
+    let mut kv = s.client.clone();
+    let moves = format!("dtable-cluster/moves/{BUCKET:02x}");
+    let mv = serde_json::json!({"from": "dtable-server-raw", "to": s.node(0)}).to_string();
+    kv.put(moves.as_str(), mv, None).await.unwrap();
+    let lookup = format!("/api/v1/lookup/{}", uuid_in_bucket(BUCKET, 13));
+    let admin = s.proxy.admin;
+    wait_until("the proxy sees the move", SETTLE, || {
+        let lookup = lookup.clone();
+        async move {
+            http::get(admin, &lookup)
+                .await
+                .is_ok_and(|r| r.text().contains("\"moving\":true"))
+        }
+    })
+    .await;
+
+    // Two requests arrive while the bucket moves; the client of the first leaves.
+    let sent = |n: u32| {
+        let heads = seen.heads.lock().unwrap();
+        heads
+            .iter()
+            .filter(|h| h.contains(&format!("?n={n} ")))
+            .count()
+    };
+    let mut left = TcpStream::connect(s.proxy.addr).await.unwrap();
+    let request = |n: u32| format!("GET {base}/?n={n} HTTP/1.1\r\nhost: x\r\n\r\n");
+    left.write_all(request(1).as_bytes()).await.unwrap();
+    let mut stays = TcpStream::connect(s.proxy.addr).await.unwrap();
+    stays.write_all(request(2).as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(left);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!((sent(1), sent(2)), (0, 0), "held while the bucket moves");
+
+    // The move ends with the bucket where it was: the held request that still has a client
+    // goes out, the other one does not.
+    kv.delete(moves.as_str(), None).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(SETTLE, stays.read(&mut answer))
+        .await
+        .expect("the held request is answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("n=2"),
+        "{answer}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!((sent(1), sent(2)), (0, 1));
 }
