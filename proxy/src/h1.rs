@@ -11,8 +11,8 @@
 //! - the upstream connection is a plain TCP stream from the upstream's pool
 //!   ([`crate::pool::ConnPool::checkout_raw`]), used by this task and given back when the
 //!   response has ended;
-//! - the response head is parsed and written on the same way, and the body passes through as
-//!   it comes, in its own framing (a chunked body stays chunked; [`Chunked`] finds its end).
+//! - the response head is parsed and rewritten the same way, and the body passes through as
+//!   it comes, in its own framing (a chunked body stays chunked; `Chunked` finds its end).
 //!
 //! The rest goes to hyper ([`crate::server`]) for the rest of the connection, with the bytes
 //! read so far ([`Rewind`]): a request that is not HTTP/1.1 in origin form; an upgrade;
