@@ -119,6 +119,15 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
+    /// `up` could not be reached, or failed before answering, because of `reason`.
+    pub fn unreachable(up: &Upstream, reason: impl std::fmt::Display) -> ForwardError {
+        ForwardError::Unreachable {
+            node: up.node_id.clone(),
+            addr: up.authority.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
     /// The status, stable error code and whether to add `Retry-After`.
     pub(crate) fn parts(&self) -> (StatusCode, &'static str, bool) {
         match self {
@@ -323,20 +332,12 @@ impl Forwarder {
                             target = t;
                         }
                         None => {
-                            return Err(ForwardError::Unreachable {
-                                node: target.upstream.node_id.clone(),
-                                addr: target.upstream.authority.to_string(),
-                                reason: e.to_string(),
-                            });
+                            return Err(ForwardError::unreachable(&target.upstream, e));
                         }
                     }
                 }
                 Err(e) => {
-                    return Err(ForwardError::Unreachable {
-                        node: target.upstream.node_id.clone(),
-                        addr: target.upstream.authority.to_string(),
-                        reason: e.to_string(),
-                    });
+                    return Err(ForwardError::unreachable(&target.upstream, e));
                 }
             }
         }

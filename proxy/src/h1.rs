@@ -15,7 +15,7 @@
 //!   it comes, in its own framing (a chunked body stays chunked; `Chunked` finds its end).
 //!
 //! The rest goes to hyper ([`crate::server`]) for the rest of the connection, with the bytes
-//! read so far ([`Rewind`]): a request that is not HTTP/1.1 in origin form; an upgrade;
+//! read so far (`watchdog::Watched::after`): a request that is not HTTP/1.1 in origin form; an upgrade;
 //! `Expect`; `Transfer-Encoding`; a body larger than [`BODY_LIMIT`] or the retry limit; a
 //! `Connection` header naming other headers; a base that is not a UUID (hyper's path answers
 //! 400); a head that does not parse or is too large (hyper answers 400 or 431); HTTP/2's
@@ -31,14 +31,12 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dtable_core::Bucket;
 use hyper::{Method, StatusCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -161,12 +159,12 @@ enum Failed {
     NotOwner,
     /// The client got part of an answer (with this status), or went away: the connection
     /// must end.
-    Cut(Option<u16>),
+    Cut(Option<StatusCode>),
 }
 
 /// What answered the client.
 struct Answered {
-    status: u16,
+    status: StatusCode,
     close: bool,
 }
 
@@ -241,10 +239,7 @@ impl Conn<'_> {
             self.build_request(head, &target);
             match self.exchange(&target.upstream, stale, head, close).await {
                 Ok(answered) => {
-                    fwd.metrics.observe(
-                        StatusCode::from_u16(answered.status).unwrap_or(StatusCode::BAD_GATEWAY),
-                        started.elapsed(),
-                    );
+                    fwd.metrics.observe(answered.status, started.elapsed());
                     return if answered.close {
                         Flow::Close
                     } else {
@@ -291,17 +286,20 @@ impl Conn<'_> {
                             target = t;
                         }
                         None => {
-                            let e = unreachable(&target.upstream, format!("connect failed: {e}"));
+                            let e = ForwardError::unreachable(
+                                &target.upstream,
+                                format!("connect failed: {e}"),
+                            );
                             return self.refuse(e, started, close).await;
                         }
                     }
                 }
                 Err(Failed::Stale(e) | Failed::Upstream(e)) => {
-                    let e = unreachable(&target.upstream, e);
+                    let e = ForwardError::unreachable(&target.upstream, e);
                     return self.refuse(e, started, close).await;
                 }
                 Err(Failed::Cut(status)) => {
-                    if let Some(status) = status.and_then(|s| StatusCode::from_u16(s).ok()) {
+                    if let Some(status) = status {
                         fwd.metrics.observe(status, started.elapsed());
                     }
                     return Flow::Close;
@@ -470,14 +468,6 @@ impl Conn<'_> {
     }
 }
 
-fn unreachable(up: &Upstream, reason: String) -> ForwardError {
-    ForwardError::Unreachable {
-        node: up.node_id.clone(),
-        addr: up.authority.to_string(),
-        reason,
-    }
-}
-
 /// Makes room for at least `room` more bytes.
 fn reserve(buf: &mut Vec<u8>, room: usize) {
     if buf.capacity() - buf.len() < room {
@@ -622,13 +612,6 @@ fn content_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// What `HeaderValue::to_str` accepts: visible ASCII, space and tab.
-fn is_text(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-}
-
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -722,7 +705,7 @@ fn parse_request(buf: &[u8], mid: &mut Vec<u8>, peer: &Peer, body_limit: usize) 
     };
     // The forwarding headers, as `forward::add_forwarding` sets them.
     mid.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = forwarded_for.filter(|v| is_text(v)) {
+    if let Some(prev) = forwarded_for.filter(|v| locate::is_text(v)) {
         mid.extend_from_slice(prev);
         mid.extend_from_slice(b", ");
     }
@@ -783,7 +766,7 @@ enum RespParse {
 #[derive(Debug)]
 struct RespHead {
     len: usize,
-    status: u16,
+    status: StatusCode,
     /// 409 with `X-Dtable-Not-Owner: 1`.
     not_owner: bool,
     body: Body,
@@ -810,18 +793,24 @@ fn parse_response(
         Ok(httparse::Status::Partial) => return Ok(RespParse::Partial),
         Err(_) => return Err("malformed response head"),
     };
-    let status = resp.code.ok_or("malformed response head")?;
-    if status == 101 {
+    let code = resp.code.ok_or("malformed response head")?;
+    let status = StatusCode::from_u16(code).map_err(|_| "bad status")?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err("the upstream switched protocols unasked");
     }
-    if (100..200).contains(&status) {
+    if status.is_informational() {
         return Ok(RespParse::Informational(len));
     }
     let mut reuse = resp.version == Some(1);
     let (mut length, mut chunked, mut encoded) = (None, false, false);
-    let (mut not_owner_header, mut named) = (false, false);
-    for h in resp.headers.iter() {
-        match classify(h.name) {
+    let mut not_owner_header = false;
+    // Each header's kind, found once; and the Connection values that name other headers
+    // (rare, so a Vec only then).
+    let mut kinds = [Name::Other; MAX_HEADERS];
+    let mut naming: Vec<&[u8]> = Vec::new();
+    for (h, kind) in resp.headers.iter().zip(&mut kinds) {
+        *kind = classify(h.name);
+        match *kind {
             Name::ContentLength => {
                 let n = content_length(h.value).ok_or("bad content-length")?;
                 if length.is_some_and(|l| l != n) {
@@ -836,57 +825,54 @@ fn parse_response(
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
             }
             Name::Connection => {
+                let mut names_others = false;
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         reuse = false;
                     } else if t.eq_ignore_ascii_case(b"keep-alive") {
                         reuse |= resp.version == Some(0);
                     } else {
-                        named = true;
+                        names_others = true;
                     }
+                }
+                if names_others {
+                    naming.push(h.value);
                 }
             }
             Name::NotOwner => not_owner_header = h.value == b"1",
             _ => {}
         }
     }
-    let body = if head_method || status == 204 || status == 304 {
-        Body::Length(0)
-    } else if encoded {
-        if chunked {
-            Body::Chunked(Chunked::default())
+    let body =
+        if head_method || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Body::Length(0)
+        } else if encoded {
+            if chunked {
+                Body::Chunked(Chunked::default())
+            } else {
+                Body::Close
+            }
         } else {
-            Body::Close
-        }
-    } else {
-        length.map_or(Body::Close, Body::Length)
-    };
+            length.map_or(Body::Close, Body::Length)
+        };
     let close_client = close || matches!(body, Body::Close);
-    let status_code = StatusCode::from_u16(status).map_err(|_| "bad status")?;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status_code.as_str().as_bytes());
+    out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     match resp.reason.filter(|r| !r.is_empty()) {
         Some(reason) => out.extend_from_slice(reason.as_bytes()),
-        None => out.extend_from_slice(status_code.canonical_reason().unwrap_or("").as_bytes()),
+        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
-    let connection = resp
-        .headers
-        .iter()
-        .find(|h| classify(h.name) == Name::Connection);
-    for h in resp.headers.iter() {
-        let skip = match classify(h.name) {
+    for (h, kind) in resp.headers.iter().zip(kinds) {
+        let skip = match kind {
             Name::Connection | Name::HopByHop | Name::Upgrade => true,
             // Transfer-Encoding wins over Content-Length.
             Name::ContentLength => encoded,
-            _ => {
-                named
-                    && connection.is_some_and(|c| {
-                        tokens(c.value).any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
-                    })
-            }
+            _ => naming
+                .iter()
+                .any(|value| tokens(value).any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))),
         };
         if !skip {
             header(out, h.name.as_bytes(), h.value);
@@ -899,7 +885,7 @@ fn parse_response(
     Ok(RespParse::Ready(RespHead {
         len,
         status,
-        not_owner: status == 409 && not_owner_header,
+        not_owner: status == StatusCode::CONFLICT && not_owner_header,
         body,
         reuse,
         close_client,
@@ -999,78 +985,10 @@ impl Chunked {
     }
 }
 
-/// A connection's I/O with bytes already read from it put back in front, for hyper.
-#[derive(Debug)]
-pub struct Rewind<I> {
-    pre: Vec<u8>,
-    at: usize,
-    io: I,
-}
-
-impl<I> Rewind<I> {
-    /// `io`, whose reads first return `pre`.
-    pub fn new(pre: Vec<u8>, io: I) -> Self {
-        Rewind { pre, at: 0, io }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.at < this.pre.len() {
-            let n = (this.pre.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.pre[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.pre.len() {
-                this.pre = Vec::new();
-                this.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-    use tokio::io::AsyncReadExt;
-
     use super::*;
+    use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
     const UUID: &str = "c3a1e2f0a1b2c3d4e5f60718293a4b5c";
 
@@ -1245,6 +1163,14 @@ mod tests {
             "GET /socket.io/?EIO=4&dtable_uuid={UUID} HTTP/1.1\r\n\r\n"
         ));
         assert_eq!(h.bucket, Some(Bucket(0xc3)));
+        let (h, mid) = ready(&format!(
+            "GET /api/v1/query/ HTTP/1.1\r\nX-Dtable-Uuid: {UUID}\r\n\r\n"
+        ));
+        assert_eq!(h.bucket, Some(Bucket(0xc3)), "from the header");
+        assert!(
+            mid.contains(&format!("X-Dtable-Uuid: {UUID}\r\n")),
+            "and passed on"
+        );
     }
 
     #[test]
@@ -1460,18 +1386,5 @@ mod tests {
         assert_eq!(b.advance(b"defgh"), Ok((2, true)));
         let mut b = Body::Close;
         assert_eq!(b.advance(b"abc"), Ok((3, false)));
-    }
-
-    #[tokio::test]
-    async fn rewind_returns_the_bytes_read_before_then_the_rest() {
-        let (mut a, mut b) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut a, b" world")
-            .await
-            .unwrap();
-        drop(a);
-        let mut io = Rewind::new(b"hello".to_vec(), &mut b);
-        let mut all = String::new();
-        io.read_to_string(&mut all).await.unwrap();
-        assert_eq!(all, "hello world");
     }
 }

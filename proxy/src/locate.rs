@@ -26,6 +26,14 @@ fn raw_base<B>(req: &Request<B>) -> Result<Option<&str>, BucketError> {
     base_in(req.uri().path(), req.uri().query(), header)
 }
 
+/// Whether a header value is text as `HeaderValue::to_str` sees it: visible ASCII, space and
+/// tab.
+pub(crate) fn is_text(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
 /// The base UUID as a request with this path, query and `x-dtable-uuid` header spells it.
 pub fn base_in<'a>(
     path: &'a str,
@@ -48,10 +56,9 @@ pub fn base_in<'a>(
         }
     }
     if let Some(value) = header {
-        // What `HeaderValue::to_str` accepts.
         let uuid = std::str::from_utf8(value)
             .ok()
-            .filter(|v| v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+            .filter(|v| is_text(v.as_bytes()))
             .ok_or_else(|| BucketError::MalformedUuid("<non-ASCII>".into()))?;
         return Ok(Some(uuid.trim()));
     }

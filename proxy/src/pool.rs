@@ -226,14 +226,6 @@ impl ConnPool {
         }
     }
 
-    /// A new TCP connection for the byte path.
-    pub async fn connect_raw(&self) -> io::Result<TcpStream> {
-        self.connect_tcp().await.map_err(|e| match e {
-            SendError::Connect(e) => e,
-            other => io::Error::other(other.to_string()),
-        })
-    }
-
     /// The current worker's most recently returned idle connection that can take a request.
     fn checkout(&self) -> Option<http1::SendRequest<UpstreamBody>> {
         let now = Instant::now();
@@ -256,25 +248,26 @@ impl ConnPool {
         }
     }
 
-    async fn connect_tcp(&self) -> Result<TcpStream, SendError> {
+    /// A new TCP connection to the upstream, within the connect timeout (the byte path
+    /// speaks HTTP/1.1 on it itself).
+    pub async fn connect_raw(&self) -> io::Result<TcpStream> {
         let stream = tokio::time::timeout(
             self.settings.connect_timeout,
             TcpStream::connect(self.addr.as_str()),
         )
         .await
         .map_err(|_| {
-            SendError::Connect(io::Error::new(
+            io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("no answer within {:?}", self.settings.connect_timeout),
-            ))
-        })?
-        .map_err(SendError::Connect)?;
-        stream.set_nodelay(true).map_err(SendError::Connect)?;
+            )
+        })??;
+        stream.set_nodelay(true)?;
         Ok(stream)
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<UpstreamBody>, SendError> {
-        let stream = self.connect_tcp().await?;
+        let stream = self.connect_raw().await.map_err(SendError::Connect)?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;

@@ -32,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::{ClientBody, Forwarder, Peer};
-use crate::h1::{self, Ended, Rewind};
+use crate::h1::{self, Ended};
 use crate::watchdog::{self, ConnClock, Timeouts, Tracked, Watched};
 
 /// What a listener does with each request: answers it, never failing (errors become
@@ -311,8 +311,8 @@ fn serve_connection<H: Handler>(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        let clock = Arc::new(ConnClock::default());
-                        http(tls, peer, true, fwd, &conns, watcher, clock).await;
+                        let io = Watched::new(tls, Arc::new(ConnClock::default()));
+                        http(io, peer, true, fwd, &conns, watcher).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -334,7 +334,8 @@ async fn plain<H: Handler>(
 ) {
     let clock = Arc::new(ConnClock::default());
     let Some(router) = fwd.byte_path() else {
-        return http(stream, peer, false, fwd, conns, watcher, clock).await;
+        let io = Watched::new(stream, clock);
+        return http(io, peer, false, fwd, conns, watcher).await;
     };
     let client = Peer::new(peer, false);
     let ended = tokio::select! {
@@ -346,8 +347,8 @@ async fn plain<H: Handler>(
         }
     };
     if let Ended::Fallback(read) = ended {
-        let io = Rewind::new(read, stream);
-        http(io, peer, false, fwd, conns, watcher, clock).await;
+        let io = Watched::after(read, stream, clock);
+        http(io, peer, false, fwd, conns, watcher).await;
     }
 }
 
@@ -360,16 +361,16 @@ fn closed_by_watchdog(peer: SocketAddr, cut: watchdog::Cut) {
 /// Speaks HTTP on one client connection until it ends, the drain closes it, or its watchdog
 /// finds it past its header or keep-alive timeout.
 async fn http<I, H: Handler>(
-    io: I,
+    io: Watched<I>,
     peer: SocketAddr,
     tls: bool,
     fwd: Arc<H>,
     conns: &ConnSettings,
     watcher: Watcher,
-    clock: Arc<ConnClock>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let clock = Arc::clone(io.clock());
     let client = Arc::new(Peer::new(peer, tls));
     let svc = {
         let clock = Arc::clone(&clock);
@@ -383,7 +384,6 @@ async fn http<I, H: Handler>(
             }
         })
     };
-    let io = Watched::new(io, Arc::clone(&clock));
     let conn = watcher.watch(
         conns
             .builder

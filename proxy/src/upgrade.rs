@@ -103,15 +103,11 @@ pub async fn forward(
     if let Some(e) = epoch {
         headers.insert(EPOCH_HEADER, HeaderValue::from(e));
     }
-    let mut resp =
-        fwd.upgrade_client()
-            .request(up_req)
-            .await
-            .map_err(|e| ForwardError::Unreachable {
-                node: upstream.node_id.clone(),
-                addr: upstream.authority.to_string(),
-                reason: e.to_string(),
-            })?;
+    let mut resp = fwd
+        .upgrade_client()
+        .request(up_req)
+        .await
+        .map_err(|e| ForwardError::unreachable(&upstream, e))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(resp.map(ClientBody::Upstream));
     }

@@ -183,22 +183,38 @@ pub async fn watch(clock: &ConnClock, t: Timeouts) -> Cut {
     }
 }
 
-/// A client connection's I/O, telling its clock when bytes come in.
+/// A client connection's I/O, telling its clock when bytes come in. Bytes already read from
+/// the connection (by the byte path, [`crate::h1`]) can be put back in front.
 #[derive(Debug)]
 pub struct Watched<I> {
     io: I,
     clock: Arc<ConnClock>,
     /// How much of the HTTP/2 preface the connection has started with; `None` once decided.
     preface: Option<usize>,
+    /// Bytes read before, returned first; `at` of them so far.
+    read: Vec<u8>,
+    at: usize,
 }
 
 impl<I> Watched<I> {
     /// Wraps `io`, whose clock is `clock`.
     pub fn new(io: I, clock: Arc<ConnClock>) -> Self {
+        Watched::after(Vec::new(), io, clock)
+    }
+
+    /// The connection's clock.
+    pub fn clock(&self) -> &Arc<ConnClock> {
+        &self.clock
+    }
+
+    /// Wraps `io`, whose reads first return `read`, the bytes already read from it.
+    pub fn after(read: Vec<u8>, io: I, clock: Arc<ConnClock>) -> Self {
         Watched {
             io,
             clock,
             preface: Some(0),
+            read,
+            at: 0,
         }
     }
 
@@ -226,7 +242,16 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if this.at < this.read.len() {
+            let n = (this.read.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.read[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.read.len() {
+                (this.read, this.at) = (Vec::new(), 0);
+            }
+        } else {
+            ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        }
         if buf.filled().len() > before {
             this.note(&buf.filled()[before..]);
         }
@@ -320,6 +345,22 @@ mod tests {
             Check::Cut(cut) => Some(cut),
             _ => None,
         }
+    }
+
+    #[tokio::test]
+    async fn bytes_read_before_come_first_and_count_as_the_connection_s() {
+        use tokio::io::AsyncReadExt;
+        let (mut a, b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        drop(a);
+        let clock = Arc::new(ConnClock::default());
+        let mut io = Watched::after(b"PRI * HTTP/2.0".to_vec(), b, Arc::clone(&clock));
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, H2_PREFACE);
+        assert!(clock.exempt.load(Relaxed), "the preface spans both parts");
     }
 
     #[tokio::test(start_paused = true)]
